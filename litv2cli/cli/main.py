@@ -1,0 +1,61 @@
+"""Entry point: composes the command groups and turns user errors into one line and exit 2."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from litv2cli.errors import UserError
+
+app = typer.Typer(
+    name="litv2",
+    help="Train, fine-tune, search and benchmark LITv2 vision transformers (HiLo attention).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    add_completion=False,
+)
+
+
+def _register_commands() -> None:
+    # Each command group lives in its own module with its own typer.Typer(); composing them
+    # here keeps this file free of logic.
+    from litv2cli.cli import info
+
+    app.add_typer(info.app)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code; user mistakes print `litv2: error: ...` and give 2."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="litv2", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        return 0
+    except click.exceptions.UsageError as exc:
+        click.echo(f"litv2: error: {exc.format_message()}", err=True)
+        return 2
+    except UserError as exc:
+        click.echo(f"litv2: error: {exc}", err=True)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("litv2: interrupted", err=True)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
