@@ -22,9 +22,10 @@ app = typer.Typer(
 def _register_commands() -> None:
     # Each command group lives in its own module with its own typer.Typer(); composing them
     # here keeps this file free of logic.
-    from litv2cli.cli import info
+    from litv2cli.cli import info, train
 
     app.add_typer(info.app)
+    app.add_typer(train.app)
 
 
 _register_commands()

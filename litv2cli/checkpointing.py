@@ -1,0 +1,98 @@
+"""Atomic, resumable checkpoints of a run: `DIR/checkpoints/step-00001234/`.
+
+Each checkpoint is written by every rank into a hidden temporary directory (accelerate's
+`save_state`, which DeepSpeed requires on all ranks), completed by `train_state.json`, then
+renamed into place by the main process. A kill at any moment leaves either the previous set of
+checkpoints or a complete new one; leftovers of an interrupted write are hidden and removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from accelerate import Accelerator
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "train_state.json"
+
+
+@dataclass
+class TrainState:
+    """Where training stands: the position is in samples of this rank's share of the epoch."""
+
+    epoch: int = 0
+    step: int = 0
+    position: int = 0
+    nonfinite_skipped: int = 0
+    world_size: int = 1
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState, keep: int,
+                    extra_files: dict[str, callable] | None = None) -> Path:
+    """Save on every rank; the main process finalises, renames and prunes to the newest `keep`."""
+    root = checkpoint_dir(run_dir)
+    final = root / f"step-{state.step:08d}"
+    tmp = root / f".tmp-step-{state.step:08d}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    if accelerator.is_main_process:
+        for name, write in (extra_files or {}).items():
+            write(tmp / name)
+        _write_json(tmp / STATE_FILE, asdict(state))
+        if final.exists():  # the same step saved twice (e.g. epoch end right after a step save)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def remove_partial_checkpoints(run_dir: Path) -> None:
+    """Delete temporary directories left by a write that was killed."""
+    root = checkpoint_dir(run_dir)
+    if root.is_dir():
+        for leftover in root.glob(".tmp-step-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def read_state(path: Path) -> TrainState:
+    return TrainState(**json.loads((Path(path) / STATE_FILE).read_text()))
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with path.open("w") as handle:
+        json.dump(data, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

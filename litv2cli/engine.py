@@ -1,0 +1,382 @@
+"""The one training loop, shared by pretraining, fine-tuning and the search's training proxy.
+
+Plain PyTorch around accelerate, as in accelerate's own examples: `prepare`, `backward`,
+`accumulate`, `save_state`. Exact resume is ours: the sampler owns (seed, epoch, position),
+each sample's augmentation is seeded by (seed, epoch, index), and checkpoints hold the RNG
+states, so an interrupted and resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs, set_seed
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.data import DataLoader
+
+from litv2cli import checkpointing, dsconfig
+from litv2cli.checkpointing import TrainState
+from litv2cli.config import Recipe
+from litv2cli.data import build_eval_transform, build_train_transform, collate_skip_corrupt, open_split
+from litv2cli.evaluate import evaluate
+from litv2cli.losses import build_loss
+from litv2cli.models import create_model
+from litv2cli.optim import build_optimizer, build_scheduler
+from litv2cli.progress import TrainProgress
+from litv2cli.runs import MetricsLog, RunSpec
+from litv2cli.sampler import ResumableDistributedSampler
+from litv2cli.seeding import SeededItems
+from litv2cli.weights import initialise_from
+
+log = logging.getLogger(__name__)
+
+EvalCallback = Callable[[int, dict[str, float]], bool]
+
+
+class NonFiniteLoss(RuntimeError):
+    """Raised on every rank when the loss stops being finite more often than allowed."""
+
+
+class ResumeMismatch(RuntimeError):
+    """The checkpoint cannot continue this run as configured (e.g. another world size)."""
+
+
+def resolve_precision(requested: str) -> str:
+    """bf16 where the GPU supports it, else fp16; none on CPU (autocast there only slows down)."""
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def make_accelerator(spec: RunSpec, recipe: Recipe, run_dir: Path, hidden_size: int) -> Accelerator:
+    precision = resolve_precision(spec.precision)
+    kwargs: dict[str, Any] = dict(
+        mixed_precision=precision,
+        gradient_accumulation_steps=recipe.accum,
+        project_dir=str(run_dir),
+        log_with=spec.log_with or None,
+    )
+    if spec.deepspeed:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        config = dsconfig.fill_config(
+            dsconfig.read_config(Path(spec.deepspeed)), micro_batch=recipe.batch_size, accum=recipe.accum,
+            world_size=world_size, clip_grad=recipe.clip_grad, precision=precision, hidden_size=hidden_size,
+            origin=spec.deepspeed,
+        )
+        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=config)
+        if not torch.cuda.is_available():
+            # Without this accelerate finds no backend on CPU and believes it runs alone while
+            # DeepSpeed has already joined the ranks over gloo.
+            kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
+    else:
+        kwargs["cpu"] = not torch.cuda.is_available()
+    return Accelerator(**kwargs)
+
+
+class StopRequest:
+    """SIGTERM / SIGINT set a flag; the loop saves at the next step boundary and exits cleanly.
+    A second signal exits at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            os._exit(128 + signum)
+        self.requested = True
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def build_model(recipe: Recipe, num_classes: int, spec: RunSpec, say: Callable[[str], None]) -> nn.Module:
+    model = create_model(
+        recipe.variant, num_classes=num_classes, drop_path_rate=recipe.drop_path,
+        alpha=recipe.alpha, local_ws=tuple(recipe.window),
+    )
+    if spec.init_from:
+        say(f"initialised from {spec.init_from}: {initialise_from(model, spec.init_from).summary()}")
+    if spec.grad_ckpt:
+        enable_activation_checkpointing(model)
+    if spec.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute every transformer block in backward: memory for compute, no model changes."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+    apply_activation_checkpointing(model, check_fn=lambda m: type(m).__name__.endswith("Block"))
+
+
+def train(spec: RunSpec, *, on_eval: EvalCallback | None = None) -> dict[str, Any]:
+    """Run (or resume) training as described by `spec`; returns the last evaluation."""
+    recipe = Recipe.model_validate(spec.recipe)
+    run_dir = Path(spec.output)
+    train_set = open_split(spec.data, spec.train_split, image_column=spec.image_column,
+                           label_column=spec.label_column)
+    val_set = open_split(spec.data, spec.val_split, image_column=spec.image_column,
+                         label_column=spec.label_column)
+    num_classes = recipe.num_classes or train_set.num_classes
+    probe = create_model(recipe.variant, num_classes=1)
+    accelerator = make_accelerator(spec, recipe, run_dir, hidden_size=probe.num_features)
+    del probe
+
+    set_seed(recipe.seed)  # identical initial weights on every rank
+    model = build_model(recipe, num_classes, spec, accelerator.print)
+    world = accelerator.num_processes
+    total_batch = recipe.batch_size * recipe.accum * world
+    lr, warmup_lr, min_lr = recipe.scaled_lrs(total_batch)
+    optimizer = build_optimizer(model, lr=lr, weight_decay=recipe.weight_decay,
+                                offset_lr_scale=recipe.offset_lr_scale, betas=recipe.betas, eps=recipe.eps)
+
+    train_set.set_transform(build_train_transform(
+        recipe.res, auto_augment=recipe.auto_augment, color_jitter=recipe.color_jitter, re_prob=recipe.reprob,
+        hflip=recipe.hflip, interpolation=recipe.interpolation, scale=recipe.train_scale,
+        mean=recipe.mean, std=recipe.std))
+    val_set.set_transform(build_eval_transform(
+        recipe.res, crop_pct=recipe.eval_crop_pct, interpolation=recipe.interpolation,
+        mean=recipe.mean, std=recipe.std))
+    sampler = ResumableDistributedSampler(
+        len(train_set), num_replicas=world, rank=accelerator.process_index,
+        batch_size=recipe.batch_size * recipe.accum, seed=recipe.seed)
+    steps_per_epoch = sampler.per_rank // (recipe.batch_size * recipe.accum)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"the training split has {len(train_set)} images, fewer than one step of "
+            f"{recipe.batch_size} x {recipe.accum} x {world}")
+    total_steps = steps_per_epoch * recipe.epochs
+    scheduler = build_scheduler(optimizer, total_steps=total_steps,
+                                warmup_steps=round(recipe.warmup_epochs * steps_per_epoch),
+                                warmup_lr=warmup_lr, min_lr=min_lr)
+    if spec.compile:
+        model = torch.compile(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema = make_ema(accelerator.unwrap_model(model), recipe) if recipe.ema else None
+    mixup, criterion = build_loss(recipe, num_classes)
+    eval_criterion = nn.CrossEntropyLoss(reduction="sum")
+
+    state = resume(accelerator, run_dir, spec.resume, ema) if spec.resume else TrainState()
+    state.world_size = world
+    scheduler.step_update(state.step)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process)
+    if spec.log_with:
+        accelerator.init_trackers(run_dir.name, config=flat_config(recipe, world, total_batch))
+    stop = StopRequest()
+    stop.install()
+    progress = TrainProgress(enabled=spec.progress and accelerator.is_main_process,
+                             total_steps=min(total_steps, spec.max_steps or total_steps), start=state.step)
+    items = SeededItems(train_set, seed=recipe.seed)
+    last_eval: dict[str, Any] = {}
+    device = accelerator.device
+    try:
+        while state.epoch < recipe.epochs:
+            sampler.set_epoch(state.epoch, start_at=state.position)
+            items.set_epoch(state.epoch)
+            loader = DataLoader(items, batch_size=recipe.batch_size, sampler=sampler, num_workers=spec.workers,
+                                collate_fn=collate_skip_corrupt, drop_last=True,
+                                pin_memory=torch.cuda.is_available(), persistent_workers=False)
+            model.train()
+            skipped_images = 0
+            window_start, window_images, window_loss, window_count = time.perf_counter(), 0, 0.0, 0
+            for images, labels, num_skipped in loader:
+                skipped_images += num_skipped
+                state.position += recipe.batch_size
+                images = images.to(device, non_blocking=True)
+                labels = labels.to(device, non_blocking=True)
+                if spec.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                if mixup is not None:
+                    if images.shape[0] % 2:  # Mixup pairs samples; a corrupt image left one over
+                        images, labels = images[:-1], labels[:-1]
+                    images, targets = mixup(images, labels)
+                else:
+                    targets = labels
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():
+                        loss = criterion(model(images), targets)
+                    flags = accelerator.reduce(
+                        torch.tensor([float(not torch.isfinite(loss)), float(stop.requested)], device=device), "sum")
+                    if flags[0] > 0:
+                        state.nonfinite_skipped += 1
+                        optimizer.zero_grad(set_to_none=True)
+                        if spec.deepspeed or state.nonfinite_skipped > spec.skip_nonfinite:
+                            raise NonFiniteLoss(
+                                f"non-finite loss at step {state.step} (epoch {state.epoch}); the last good checkpoint "
+                                f"is kept in {checkpointing.checkpoint_dir(run_dir)}")
+                        log.warning("non-finite loss at step %d skipped (%d so far)", state.step, state.nonfinite_skipped)
+                    else:
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients and recipe.clip_grad:
+                            accelerator.clip_grad_norm_(model.parameters(), recipe.clip_grad)
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        window_loss += loss.detach().float().item()
+                        window_count += 1
+                window_images += images.shape[0] * world
+                if not accelerator.sync_gradients:
+                    continue
+                state.step += 1
+                scheduler.step_update(state.step)
+                if ema is not None:
+                    ema.update(accelerator.unwrap_model(model), step=state.step)
+                current_lr = optimizer.param_groups[0]["lr"]
+                if state.step % spec.log_every == 0 or state.step == 1:
+                    elapsed = time.perf_counter() - window_start
+                    record = dict(step=state.step, epoch=state.epoch, loss=window_loss / max(window_count, 1),
+                                  lr=current_lr, images_per_s=window_images / max(elapsed, 1e-9))
+                    metrics.write(**record)
+                    if spec.log_with:
+                        accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)
+                    window_start, window_images, window_loss, window_count = time.perf_counter(), 0, 0.0, 0
+                    progress.update(state, loss=record["loss"], lr=current_lr, images_per_s=record["images_per_s"])
+                else:
+                    progress.update(state, loss=loss.detach().float().item(), lr=current_lr)
+                reached_max = spec.max_steps is not None and state.step >= spec.max_steps
+                if flags[1] > 0 or (spec.save_every and state.step % spec.save_every == 0 and not reached_max):
+                    save(accelerator, run_dir, state, spec.keep, ema)
+                if flags[1] > 0:
+                    metrics.write(event="stopped", step=state.step, epoch=state.epoch, reason="signal")
+                    accelerator.print(f"stopped by signal at step {state.step}; resume with --resume auto")
+                    return last_eval
+                if reached_max:
+                    break
+            skipped_total = int(accelerator.reduce(torch.tensor(skipped_images, device=device), "sum").item())
+            epoch_done = state.position >= sampler.per_rank
+            if epoch_done:
+                state.epoch += 1
+                state.position = 0
+            if skipped_total:
+                accelerator.print(f"epoch {state.epoch}: skipped {skipped_total} unreadable training images")
+            if epoch_done and (state.epoch % recipe.eval_every_epochs == 0 or state.epoch == recipe.epochs) \
+                    or reached_max_steps(spec, state):
+                last_eval = run_eval(accelerator, model, ema, val_set, recipe, spec, eval_criterion, state,
+                                     skipped_total, metrics)
+                if on_eval is not None and on_eval(state.step, last_eval):
+                    save(accelerator, run_dir, state, spec.keep, ema)
+                    break
+            save(accelerator, run_dir, state, spec.keep, ema)
+            if reached_max_steps(spec, state):
+                break
+        write_final_weights(accelerator, model, ema, run_dir)
+    finally:
+        stop.uninstall()
+        progress.close()
+        if spec.log_with:
+            accelerator.end_training()
+    return last_eval
+
+
+def reached_max_steps(spec: RunSpec, state: TrainState) -> bool:
+    return spec.max_steps is not None and state.step >= spec.max_steps
+
+
+def run_eval(accelerator, model, ema, val_set, recipe, spec, criterion, state, skipped_train, metrics) -> dict:
+    result = evaluate(accelerator, model, val_set, batch_size=recipe.batch_size, workers=spec.workers,
+                      criterion=criterion, channels_last=spec.channels_last)
+    record = dict(step=state.step, epoch=state.epoch, top1=result["top1"], top5=result["top5"],
+                  val_loss=result["loss"], val_images=result["count"], skipped_val=result["skipped"],
+                  skipped_train=skipped_train)
+    if ema is not None:
+        ema_result = evaluate(accelerator, ema.module, val_set, batch_size=recipe.batch_size,
+                              workers=spec.workers, criterion=criterion, channels_last=spec.channels_last)
+        record["ema_top1"] = ema_result["top1"]
+    metrics.write(**record)
+    if spec.log_with:
+        accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)
+    accelerator.print(
+        f"epoch {state.epoch} step {state.step}: val top-1 {result['top1']:.2f}% top-5 {result['top5']:.2f}% "
+        f"({result['count']} images{', ' + str(result['skipped']) + ' unreadable skipped' if result['skipped'] else ''})")
+    return record
+
+
+def make_ema(model: nn.Module, recipe: Recipe):
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=recipe.ema_decay)
+
+
+def save(accelerator: Accelerator, run_dir: Path, state: TrainState, keep: int, ema) -> Path:
+    extra = {}
+    if ema is not None:
+        extra["ema.safetensors"] = lambda path: save_file(_contiguous(ema.module.state_dict()), str(path))
+    return checkpointing.save_checkpoint(accelerator, run_dir, state, keep, extra)
+
+
+def resume(accelerator: Accelerator, run_dir: Path, resume_from: str, ema) -> TrainState:
+    """Load the newest checkpoint every rank can read; a corrupt one is reported and skipped."""
+    if accelerator.is_main_process:
+        checkpointing.remove_partial_checkpoints(run_dir)
+    accelerator.wait_for_everyone()
+    candidates = (checkpointing.list_checkpoints(run_dir) if resume_from == "auto" else [Path(resume_from)])
+    for path in reversed(candidates):
+        failed = 0.0
+        try:
+            accelerator.load_state(str(path))
+            state = checkpointing.read_state(path)
+            if state.world_size != accelerator.num_processes:
+                raise ResumeMismatch(
+                    f"{path} was written by {state.world_size} processes, this run has {accelerator.num_processes}; "
+                    "resume with the same number (DeepSpeed ZeRO shards need its universal-checkpoint conversion "
+                    "to change it)")
+            if ema is not None and (path / "ema.safetensors").is_file():
+                from safetensors.torch import load_file
+
+                ema.module.load_state_dict(load_file(str(path / "ema.safetensors")))
+        except ResumeMismatch:
+            raise
+        except Exception as exc:  # a truncated or corrupt checkpoint: report, fall back to the previous one
+            accelerator.print(f"checkpoint {path} is unreadable ({exc.__class__.__name__}: {exc}); trying an older one")
+            failed = 1.0
+        if accelerator.reduce(torch.tensor(failed, device=accelerator.device), "sum").item() == 0:
+            accelerator.print(f"resumed from {path} (epoch {state.epoch}, step {state.step})")
+            return state
+    if resume_from != "auto" or candidates:
+        raise ResumeMismatch(f"no readable checkpoint to resume from in {run_dir}")
+    accelerator.print(f"no checkpoint in {run_dir}; starting from scratch")
+    return TrainState()
+
+
+def write_final_weights(accelerator: Accelerator, model: nn.Module, ema, run_dir: Path) -> None:
+    """`model.safetensors` (consolidated from DeepSpeed shards when needed) and the EMA weights."""
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        save_file(_contiguous(_strip_compile_prefix(state_dict)), str(run_dir / "model.safetensors"))
+        if ema is not None:
+            save_file(_contiguous(ema.module.state_dict()), str(run_dir / "model_ema.safetensors"))
+    accelerator.wait_for_everyone()
+
+
+def _strip_compile_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
+
+
+def _contiguous(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+
+
+def flat_config(recipe: Recipe, world: int, total_batch: int) -> dict[str, Any]:
+    """Tracker-friendly (scalar) view of the recipe."""
+    flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+            for k, v in recipe.model_dump().items() if v is not None}
+    flat.update(world_size=world, total_batch=total_batch)
+    return flat
+

@@ -1,0 +1,88 @@
+"""Top-1/top-5 over exactly the validation set, whatever the number of processes.
+
+Each rank evaluates a strided shard; shards are padded to the same number of batches so
+collectives inside the model (ZeRO-3 gathers) stay in step, and the padding is never counted,
+unlike a padded DistributedSampler, which counts some images twice.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from litv2cli.sampler import shard_indices
+
+_PAD = "pad"
+
+
+class _Shard(Dataset):
+    def __init__(self, dataset: Dataset, indices: list[int], length: int) -> None:
+        self.dataset, self.indices, self.length = dataset, indices, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[self.indices[i]] if i < len(self.indices) else _PAD
+
+
+def _collate(batch: list[Any]) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+    valid = [item for item in batch if item is not None and item is not _PAD and not isinstance(item, str)]
+    skipped = sum(item is None for item in batch)
+    if not valid:
+        return None, None, skipped
+    images, labels = default_collate(valid)
+    return images, labels, skipped
+
+
+@torch.no_grad()
+def evaluate(accelerator: Accelerator, model: nn.Module, dataset: Dataset, *, batch_size: int, workers: int,
+             criterion: nn.Module | None = None, channels_last: bool = False) -> dict[str, Any]:
+    """Returns top1/top5 (percent), mean loss, images counted and unreadable images skipped."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    indices = shard_indices(len(dataset), num_replicas=world, rank=rank)
+    per_rank = math.ceil(len(dataset) / world)
+    loader = DataLoader(_Shard(dataset, indices, per_rank), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_collate, shuffle=False)
+    was_training = model.training
+    model.eval()
+    device = accelerator.device
+    totals = torch.zeros(5, dtype=torch.float64, device=device)  # correct1, correct5, count, loss, skipped
+    example: torch.Tensor | None = None
+    for images, labels, skipped in loader:
+        totals[4] += skipped
+        if images is None:
+            if example is None:
+                continue
+            images, labels = example[:1], None  # keep collectives in step on an all-padding batch
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        example = images
+        with accelerator.autocast():
+            logits = model(images).float()
+        if labels is None:
+            continue
+        labels = labels.to(device)
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top.eq(labels[:, None])
+        totals[0] += hits[:, 0].sum()
+        totals[1] += hits.any(dim=1).sum()
+        totals[2] += labels.numel()
+        if criterion is not None:
+            totals[3] += criterion(logits, labels).double()
+    totals = accelerator.reduce(totals, "sum")
+    model.train(was_training)
+    count = int(totals[2].item())
+    return {
+        "top1": 100.0 * totals[0].item() / max(count, 1),
+        "top5": 100.0 * totals[1].item() / max(count, 1),
+        "loss": totals[3].item() / max(count, 1),
+        "count": count,
+        "skipped": int(totals[4].item()),
+    }

@@ -1,0 +1,35 @@
+"""`litv2 eval`: one checkpoint, one validation split, exact top-1/top-5 over all processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from litv2cli.config import Recipe
+from litv2cli.engine import resolve_precision
+from litv2cli.data import build_eval_transform, open_split
+from litv2cli.evaluate import evaluate
+from litv2cli.models import create_model
+from litv2cli.runs import RunSpec
+from litv2cli.weights import load_into, read_state_dict
+
+
+def run_evaluation(spec: RunSpec) -> dict:
+    recipe = Recipe.model_validate(spec.recipe)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=resolve_precision(spec.precision))
+    dataset = open_split(spec.data, spec.val_split, image_column=spec.image_column, label_column=spec.label_column)
+    dataset.set_transform(build_eval_transform(recipe.res, crop_pct=recipe.eval_crop_pct,
+                                               interpolation=recipe.interpolation, mean=recipe.mean, std=recipe.std))
+    model = create_model(recipe.variant, num_classes=recipe.num_classes or dataset.num_classes,
+                         alpha=recipe.alpha, local_ws=tuple(recipe.window))
+    load_into(model, read_state_dict(spec.init_from), source=str(spec.init_from), allow_new_head=False)
+    model = accelerator.prepare(model)
+    result = evaluate(accelerator, model, dataset, batch_size=recipe.batch_size, workers=spec.workers)
+    result.update(checkpoint=str(spec.init_from), resolution=f"{recipe.res[0]}x{recipe.res[1]}",
+                  crop_pct=recipe.eval_crop_pct, processes=accelerator.num_processes)
+    if accelerator.is_main_process and spec.output:
+        Path(spec.output).write_text(json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,47 @@
+"""One worker process of a run: `python -m litv2cli.worker DIR/run.json` (started by the launcher)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from litv2cli.errors import UserError
+from litv2cli.runs import RunSpec
+
+
+def run_spec(spec: RunSpec) -> int:
+    """Run a spec in this process; user-facing failures become one line and an exit code."""
+    from litv2cli import engine
+
+    try:
+        if spec.task == "eval":
+            from litv2cli.evaluation_run import run_evaluation
+
+            run_evaluation(spec)
+        else:
+            engine.train(spec)
+    except UserError as exc:
+        print(f"litv2: error: {exc}", file=sys.stderr)
+        return 2
+    except engine.ResumeMismatch as exc:
+        print(f"litv2: error: {exc}", file=sys.stderr)
+        return 2
+    except engine.NonFiniteLoss as exc:
+        print(f"litv2: error: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", message=".*OMP_NUM_THREADS.*")
+    if len(argv) != 1:
+        print("usage: python -m litv2cli.worker RUN_DIR/run.json", file=sys.stderr)
+        return 2
+    return run_spec(RunSpec.load(Path(argv[0])))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
