@@ -193,7 +193,10 @@ def train(spec: RunSpec, *, on_eval: EvalCallback | None = None) -> dict[str, An
             items.set_epoch(state.epoch)
             loader = DataLoader(items, batch_size=recipe.batch_size, sampler=sampler, num_workers=spec.workers,
                                 collate_fn=collate_skip_corrupt, drop_last=True,
-                                pin_memory=torch.cuda.is_available(), persistent_workers=False)
+                                pin_memory=torch.cuda.is_available(), persistent_workers=False,
+                                # Its own generator: a loader otherwise draws its base seed from the
+                                # global RNG, which a resumed run would then consume at another point.
+                                generator=torch.Generator().manual_seed(recipe.seed * 1_000_003 + state.epoch))
             model.train()
             skipped_images = 0
             window_start, window_images, window_loss, window_count = time.perf_counter(), 0, 0.0, 0
