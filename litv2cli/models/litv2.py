@@ -1,0 +1,268 @@
+"""LITv2: the backbone, its variants, and their timm registration (paper section 4.3).
+
+Four stages at strides 4, 8, 16, 32. Stages 1-2 hold ConvFFN-only blocks (no attention: the
+paper finds early MSAs attend locally anyway), stages 3-4 hold HiLo blocks, and deformable
+token merging (DTM) halves the map between stages. Attribute names follow the official
+implementation, so official state dicts load strictly with no conversion.
+
+Tokens travel as (B, N, C) with the map's height and width passed alongside: rows are
+contiguous for the linear layers, the depthwise conv sees a channels-last view, and no layer
+assumes a square map or a size fixed at construction (any multiple of 32 works).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from torch import nn
+
+from litv2cli.errors import UserError
+from litv2cli.models.convffn import ConvFFN
+from litv2cli.models.dtm import DTM
+from litv2cli.models.hilo import HiLo
+from litv2cli.models.hilo_reference import HiLoReference
+
+# Attention modules a HiLo stage can use: (dim, num_heads, window_size, alpha, qkv_bias) ->
+# module with forward(x (B, N, C), height, width) -> (B, N, C).
+ATTENTIONS: dict[str, type[nn.Module]] = {"hilo": HiLo, "hilo_reference": HiLoReference}
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """Sizes of one LITv2 variant; `from_paper` is False for variants we added ourselves."""
+
+    embed_dim: int
+    depths: tuple[int, int, int, int]
+    num_heads: tuple[int, int, int, int]
+    drop_path_rate: float
+    mlp_ratio: float = 4.0
+    from_paper: bool = True
+
+
+VARIANTS: dict[str, VariantSpec] = {
+    # Not from the paper: trains on 2 CPU cores in minutes at 32x32-64x64 (stage 4 map 1x1 at 32).
+    "t": VariantSpec(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), drop_path_rate=0.05, from_paper=False),
+    "s": VariantSpec(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.2),
+    "m": VariantSpec(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.3),
+    "b": VariantSpec(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5),
+}
+
+
+class PatchEmbed(nn.Module):
+    """4x4 stride-4 conv, then LayerNorm over channels: image -> (B, H/4 * W/4, C) tokens."""
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int = 4):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        x = self.proj(x)  # (B, C, H/4, W/4)
+        height, width = x.shape[-2:]
+        return self.norm(x.flatten(2).transpose(1, 2)), height, width  # (B, N, C)
+
+
+class ConvFFNBlock(nn.Module):
+    """Stages 1-2: x + FFN(LN(x)). No attention, hence no `norm1` (as in the official weights)."""
+
+    def __init__(self, dim: int, mlp_ratio: float, drop_path: float):
+        super().__init__()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = ConvFFN(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return x + self.drop_path(self.mlp(self.norm2(x), height, width))
+
+
+class HiLoBlock(nn.Module):
+    """Stages 3-4: x + HiLo(LN(x)), then x + FFN(LN(x))."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, alpha: float, mlp_ratio: float,
+                 drop_path: float, attention: str = "hilo"):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = ATTENTIONS[attention](dim, num_heads, window_size, alpha, qkv_bias=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = ConvFFN(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), height, width))
+        return x + self.drop_path(self.mlp(self.norm2(x), height, width))
+
+
+class LITStage(nn.Module):
+    """One stage: its blocks, then (except in the last stage) the DTM that feeds the next one.
+
+    A window size of 0 marks a stage without attention (ConvFFN blocks), >= 1 a HiLo stage.
+    `forward` runs the blocks only; the model applies `downsample` so it can read the stage's
+    full-resolution output for dense prediction.
+    """
+
+    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, alpha: float, mlp_ratio: float,
+                 drop_paths: list[float], attention: str, downsample: bool):
+        super().__init__()
+        if window_size == 0:
+            blocks = [ConvFFNBlock(dim, mlp_ratio, rate) for rate in drop_paths]
+        else:
+            blocks = [HiLoBlock(dim, num_heads, window_size, alpha, mlp_ratio, rate, attention) for rate in drop_paths]
+        self.blocks = nn.ModuleList(blocks)
+        self.downsample = DTM(dim) if downsample else None
+
+    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, height, width)
+        return x
+
+
+class LITv2(nn.Module):
+    """LITv2 classifier. `forward_features` returns the normalised last-stage map (B, C, H/32, W/32)."""
+
+    def __init__(self, embed_dim: int = 96, depths: tuple[int, ...] = (2, 2, 6, 2),
+                 num_heads: tuple[int, ...] = (3, 6, 12, 24), mlp_ratio: float = 4.0, drop_path_rate: float = 0.2,
+                 alpha: float = 0.9, local_ws: tuple[int, ...] = (0, 0, 2, 1), attention: str = "hilo",
+                 num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0):
+        super().__init__()
+        if not len(depths) == len(num_heads) == len(local_ws):
+            raise ValueError(f"depths {depths}, num_heads {num_heads} and local_ws {local_ws} need one entry per stage")
+        if attention not in ATTENTIONS:
+            raise ValueError(f"unknown attention {attention!r}; registered: {', '.join(ATTENTIONS)}")
+        self.alpha, self.local_ws, self.attention = alpha, tuple(local_ws), attention
+        self.embed_dim, self.depths, self.num_heads = embed_dim, tuple(depths), tuple(num_heads)
+        self.num_classes = num_classes
+        self.num_features = embed_dim * 2 ** (len(depths) - 1)
+        self.patch_embed = PatchEmbed(in_chans, embed_dim)
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # rises linearly
+        self.layers = nn.ModuleList()
+        for i, depth in enumerate(depths):
+            first = sum(depths[:i])
+            self.layers.append(LITStage(embed_dim * 2**i, depth, num_heads[i], local_ws[i], alpha, mlp_ratio,
+                                        rates[first:first + depth], attention, downsample=i < len(depths) - 1))
+        self.feature_info = [dict(num_chs=embed_dim * 2**i, reduction=4 * 2**i, module=f"layers.{i}")
+                             for i in range(len(depths))]
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(_init_linear_and_norm)
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
+                              ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs before merging, (B, C_i, H/2^(i+2), W/2^(i+2)) each: timm's feature API."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt {output_fmt!r} is not supported; LITv2 gives NCHW maps")
+        take, last = feature_take_indices(len(self.layers), indices)
+        last = last if stop_early or intermediates_only else len(self.layers) - 1
+        intermediates = []
+        x, height, width = self.patch_embed(x)
+        for i, stage in enumerate(self.layers[:last + 1]):
+            if i > 0:
+                x, height, width = self.layers[i - 1].downsample(x, height, width)
+            x = stage(x, height, width)  # (B, H_i * W_i, C_i)
+            if i in take:
+                intermediates.append(to_map(self.norm(x) if norm and i == len(self.layers) - 1 else x, height, width))
+        if intermediates_only:
+            return intermediates
+        return to_map(self.norm(x), height, width), intermediates
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x, height, width = self.patch_embed(x)  # (B, H/4 * W/4, C)
+        for stage in self.layers:
+            x = stage(x, height, width)
+            if stage.downsample is not None:
+                x, height, width = stage.downsample(x, height, width)
+        return to_map(self.norm(x), height, width)  # (B, C, H/32, W/32)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(x.mean(dim=(2, 3)))  # global average pool -> (B, C)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New (freshly initialised) head for `num_classes` classes; 0 removes it."""
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head.apply(_init_linear_and_norm)
+
+
+def to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, H*W, C) tokens -> (B, C, H, W) map: a view with channels-last strides, no copy."""
+    return tokens.reshape(tokens.shape[0], height, width, -1).permute(0, 3, 1, 2)
+
+
+def _init_linear_and_norm(module: nn.Module) -> None:
+    """Official init: linear layers truncated normal (std 0.02) with zero bias; LayerNorm 1 and 0."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def create_model(variant: str, *, num_classes: int = 1000, drop_path_rate: float | None = None,
+                 alpha: float = 0.9, local_ws: tuple[int, int, int, int] = (0, 0, 2, 1),
+                 attention: str = "hilo", in_chans: int = 3) -> LITv2:
+    """Build LITv2-`variant` (t, s, m or b); drop_path_rate None means the variant's own rate."""
+    spec = variant_spec(variant)
+    return LITv2(embed_dim=spec.embed_dim, depths=spec.depths, num_heads=spec.num_heads, mlp_ratio=spec.mlp_ratio,
+                 drop_path_rate=spec.drop_path_rate if drop_path_rate is None else drop_path_rate,
+                 alpha=alpha, local_ws=tuple(local_ws), attention=attention, num_classes=num_classes,
+                 in_chans=in_chans)
+
+
+def variant_spec(variant: str) -> VariantSpec:
+    """'s', 'S', 'litv2_s' or 'litv2-s' -> VARIANTS['s']; anything else is a UserError."""
+    key = variant.lower().removeprefix("litv2-").removeprefix("litv2_")
+    if key not in VARIANTS:
+        raise UserError(f"unknown LITv2 variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    return VARIANTS[key]
+
+
+# --- timm registration: `timm.create_model("litv2_s", ...)` after `import litv2cli` ------------
+
+def _cfg() -> dict:
+    # Official evaluation: bicubic resize to 256/224 of the size, centre crop (crop_pct 0.875).
+    return dict(url="", num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
+                interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+                first_conv="patch_embed.proj", classifier="head", license="apache-2.0")
+
+
+default_cfgs = generate_default_cfgs({f"litv2_{key}": _cfg() for key in VARIANTS})
+
+
+def _create_litv2(key: str, pretrained: bool = False, **kwargs) -> LITv2:
+    spec = VARIANTS[key]
+    kwargs.pop("img_size", None)  # accepted for timm-style callers; the model takes any multiple of 32
+    args = dict(embed_dim=spec.embed_dim, depths=spec.depths, num_heads=spec.num_heads,
+                mlp_ratio=spec.mlp_ratio, drop_path_rate=spec.drop_path_rate)
+    return build_model_with_cfg(LITv2, f"litv2_{key}", pretrained,
+                                feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)),
+                                **{**args, **kwargs})
+
+
+def _register(key: str):
+    # One entrypoint per row of VARIANTS, so a new variant is registered (and tested) by adding a row.
+    def entrypoint(pretrained: bool = False, **kwargs) -> LITv2:
+        return _create_litv2(key, pretrained=pretrained, **kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = f"litv2_{key}"
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = f"LITv2-{key.upper()}{'' if VARIANTS[key].from_paper else ' (ours, not from the paper)'}."
+    return register_model(entrypoint)
+
+
+for _key in VARIANTS:
+    globals()[f"litv2_{_key}"] = _register(_key)

@@ -1,0 +1,92 @@
+"""HiLo: the fast module equals the paper-style reference, window 1 is plain attention, branches are what they claim."""
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from litv2cli.models import ATTENTIONS, HiLo, HiLoReference
+from litv2cli.models.hilo import split_heads
+
+MAPS = [(8, 8), (7, 9), (5, 3), (14, 14)]  # multiples of the window and sizes that need padding
+
+
+@pytest.mark.parametrize(("window", "alpha"), list(itertools.product([1, 2, 3, 4], [0.0, 0.3, 0.5, 0.9, 1.0])))
+def test_fast_hilo_matches_reference_on_padded_and_unpadded_maps(window, alpha):
+    torch.manual_seed(window)
+    fast = HiLo(96, 6, window, alpha)
+    reference = HiLoReference(96, 6, window, alpha)
+    reference.load_state_dict(fast.state_dict(), strict=True)
+    for height, width in MAPS:
+        x = torch.randn(2, height * width, 96)
+        torch.testing.assert_close(fast(x, height, width), reference(x, height, width), rtol=0, atol=1e-5)
+
+
+def test_window_one_equals_plain_attention():
+    torch.manual_seed(0)
+    hilo = HiLo(64, 4, window_size=1, alpha=0.3)  # window 1 overrides alpha: all heads global
+    assert (hilo.hifi_heads, hilo.lofi_heads) == (0, 4)
+    mha = nn.MultiheadAttention(64, 4, batch_first=True)
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(torch.cat([hilo.l_q.weight, hilo.l_kv.weight]))  # q, then k, then v
+        mha.in_proj_bias.copy_(torch.cat([hilo.l_q.bias, hilo.l_kv.bias]))
+        mha.out_proj.weight.copy_(hilo.l_proj.weight)
+        mha.out_proj.bias.copy_(hilo.l_proj.bias)
+    x = torch.randn(2, 6 * 5, 64)
+    expected, _ = mha(x, x, x, need_weights=False)
+    torch.testing.assert_close(hilo(x, 6, 5), expected, rtol=0, atol=1e-5)
+
+
+def test_head_split_follows_the_official_rule():
+    assert split_heads(12, 2, 0.9) == (2, 10)  # LITv2-S stage 3
+    assert split_heads(24, 1, 0.9) == (0, 24)  # LITv2-S stage 4: global attention
+    assert split_heads(12, 2, 0.0) == (12, 0)
+    assert split_heads(12, 2, 1.0) == (0, 12)
+    assert split_heads(12, 2, 0.7) == (4, 8)  # int(8.4) floors
+    with pytest.raises(ValueError):
+        split_heads(12, 0, 0.5)
+
+
+@pytest.mark.parametrize(("alpha", "present", "absent"), [
+    (0.0, {"h_qkv", "h_proj"}, {"l_q", "l_kv", "l_proj"}),
+    (1.0, {"l_q", "l_kv", "l_proj"}, {"h_qkv", "h_proj"}),
+    (0.5, {"h_qkv", "h_proj", "l_q", "l_kv", "l_proj"}, set()),
+])
+def test_a_branch_without_heads_has_no_parameters(alpha, present, absent):
+    layers = {key.split(".")[0] for key in HiLo(64, 4, 2, alpha).state_dict()}
+    assert layers == present and not layers & absent
+    assert all(t.numel() > 0 for t in HiLo(64, 4, 2, alpha).state_dict().values())
+
+
+def test_hifi_heads_only_see_their_own_window():
+    torch.manual_seed(0)
+    hilo = HiLo(32, 2, window_size=2, alpha=0.0).eval()
+    x = torch.randn(1, 4 * 4, 32)
+    before = hilo(x, 4, 4).view(4, 4, 32)
+    x.view(4, 4, 32)[0, 0] += 5.0  # perturb one token of the top-left window
+    after = hilo(x, 4, 4).view(4, 4, 32)
+    changed = (after - before).abs().amax(dim=-1) > 1e-6
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[:2, :2] = True
+    assert torch.equal(changed, expected)
+
+
+def test_lofi_attends_to_average_pooled_keys():
+    torch.manual_seed(0)
+    hilo = HiLo(32, 2, window_size=2, alpha=1.0).eval()
+    x = torch.randn(1, 4 * 4, 32)
+    # Permuting tokens inside a window leaves the pooled keys/values unchanged, so Lo-Fi output
+    # at a fixed query position only moves because that query's own token moved.
+    swapped = x.view(4, 4, 32).clone()
+    swapped[2, 2], swapped[3, 3] = x.view(4, 4, 32)[3, 3], x.view(4, 4, 32)[2, 2]
+    out, out_swapped = hilo(x, 4, 4).view(4, 4, 32), hilo(swapped.view(1, 16, 32), 4, 4).view(4, 4, 32)
+    torch.testing.assert_close(out_swapped[3, 3], out[2, 2], rtol=0, atol=1e-6)
+    torch.testing.assert_close(out_swapped[:2], out[:2], rtol=0, atol=1e-6)
+
+
+def test_registry_holds_interchangeable_attentions():
+    assert {"hilo", "hilo_reference"} <= set(ATTENTIONS)
+    keys = {name: set(cls(96, 6, 2, 0.5).state_dict()) for name, cls in ATTENTIONS.items()
+            if name in ("hilo", "hilo_reference")}
+    assert keys["hilo"] == keys["hilo_reference"]
