@@ -1,0 +1,112 @@
+"""Evaluate one point: build the network, measure it on this device, score it with the proxies.
+
+Speed and memory are measured with the model's ImageNet head (1000 classes, as deployed);
+proxies use a head sized to `--data`'s classes, because snip and grad_norm need its labels.
+Every model is built with drop path 0, so measurements and scores do not depend on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from litv2cli.measure import measure_latency, measure_peak_memory, measure_throughput
+from litv2cli.search.proxies import Batch, score_model
+from litv2cli.search.space import Point
+
+MEASUREMENT_CLASSES = 1000
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How each point is measured; part of the study's identity."""
+
+    variant: str
+    resolution: tuple[int, int]
+    batch_size: int
+    mode: str = "infer"
+    warmup: int = 5
+    repeats: int = 20
+    max_rounds: int = 3
+    latency: bool = False  # also measure latency at batch 1
+    memory: bool = False  # also measure peak memory at batch_size
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """Zero-cost proxies and the fixed minibatches they see (the same for every point)."""
+
+    proxies: tuple[str, ...]
+    batches: list[Batch] = field(repr=False)
+    num_classes: int
+    seed: int = 0
+
+
+def build_model(variant: str, point: Point, *, num_classes: int = MEASUREMENT_CLASSES) -> nn.Module:
+    from litv2cli.models import create_model
+
+    return create_model(variant, num_classes=num_classes, drop_path_rate=0.0, alpha=point.alpha,
+                        local_ws=tuple(point.window))
+
+
+def measure_point(point: Point, settings: MeasureSettings, proxy: ProxySettings | None = None) -> dict[str, Any]:
+    """Every measured quantity of `point`, as plain values for the study's user attributes."""
+    from litv2cli.models import count_flops, count_params
+
+    torch.manual_seed(0)
+    model = build_model(settings.variant, point)
+    metrics: dict[str, Any] = {"params": float(count_params(model)),
+                               "flops": float(count_flops(model, settings.resolution))}
+    throughput = measure_throughput(model, settings.batch_size, settings.resolution, mode=settings.mode,
+                                    device=settings.device, warmup=settings.warmup, repeats=settings.repeats,
+                                    max_rounds=settings.max_rounds)
+    metrics.update(throughput=throughput.images_per_s, throughput_spread=throughput.spread,
+                   throughput_stable=throughput.stable, throughput_rounds=throughput.rounds,
+                   throughput_samples=[round(s, 3) for s in throughput.samples], device=throughput.device,
+                   dtype=throughput.dtype, protocol=throughput.protocol)
+    if settings.latency:
+        latency = measure_latency(model, settings.resolution, device=settings.device, warmup=settings.warmup,
+                                  repeats=settings.repeats, max_rounds=settings.max_rounds)
+        metrics.update(latency=latency.latency_ms, latency_spread=latency.spread, latency_stable=latency.stable)
+    if settings.memory:
+        memory = measure_peak_memory(model, settings.batch_size, settings.resolution, mode=settings.mode,
+                                     device=settings.device)
+        metrics.update(memory=float(memory.peak_bytes), memory_method=memory.method)
+    del model
+    if proxy is not None:
+        scores = score_model(lambda: build_model(settings.variant, point, num_classes=proxy.num_classes),
+                             proxy.batches, proxy.proxies, seed=proxy.seed)
+        metrics.update({f"proxy_{name}": value for name, value in scores.items()})
+    return metrics
+
+
+def load_proxy_batches(source: str, resolution: tuple[int, int], *, batch_size: int, num_batches: int,
+                       seed: int = 0) -> tuple[list[Batch], int]:
+    """`num_batches` shuffled minibatches of the training split of `source` (eval transform:
+    resize and centre crop, no augmentation), and the number of classes."""
+    from torch.utils.data import DataLoader
+
+    from litv2cli.data import build_eval_transform, collate_skip_corrupt, open_split
+
+    dataset = open_split(source, "train")
+    dataset.set_transform(build_eval_transform(resolution))
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=0,
+                        collate_fn=collate_skip_corrupt, drop_last=True)
+    batches: list[Batch] = []
+    for images, labels, _skipped in loader:
+        if images is None or images.shape[0] < 2:
+            continue
+        batches.append((images, labels))
+        if len(batches) == num_batches:
+            break
+    if not batches:
+        from litv2cli.errors import UserError
+
+        raise UserError(f"--data {source}: not one minibatch of {batch_size} readable training images for the "
+                        "zero-cost proxies; lower --proxy-batch-size")
+    return batches, int(dataset.num_classes)

@@ -1,0 +1,421 @@
+"""`litv2 search` as a library function: measure every point, add the accuracy proxy, pick a
+point of the Pareto front, and write the recipe, the tables and the picture.
+
+Two phases, because Optuna's pruning only works in single-objective studies:
+
+1. The measurement study (multi-objective, one per variant) measures each distinct point on
+   this device: throughput always, latency and peak memory when asked for, parameters and
+   FLOPs by counting, and with `--proxy zero-cost` the raw zero-cost scores. Its objective
+   values are the requested efficiency objectives (throughput when only top1 is asked for).
+   Zero-cost scores are combined by rank across all measured points after the study, so they
+   are user attributes, not Optuna values.
+2. With `--proxy train`, a second, single-objective study (`<study>-train`) trains the points
+   that pass the constraints, reports validation top-1 after every epoch and lets the pruner
+   (successive halving by default, or Hyperband) stop hopeless ones. It starts when the
+   measurement study is complete.
+
+The front is then computed over the requested objectives from both studies' results.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.trial import TrialState
+
+from litv2cli.errors import UserError
+from litv2cli.measure import default_device, device_name
+from litv2cli.search import pareto
+from litv2cli.search.evaluate import MeasureSettings, ProxySettings, load_proxy_batches, measure_point
+from litv2cli.search.objectives import OBJECTIVES, Objective
+from litv2cli.search.proxies import DEFAULT_PROXIES, combine_by_rank
+from litv2cli.search.recipes import FLAT_ACCURACY_NOTE, build_provenance, write_searched_recipe
+from litv2cli.search.space import DEFAULT_ALPHAS, DEFAULT_WINDOWS, Point, SearchSpace, build_space, paper_default_label
+from litv2cli.search.study import (
+    FAIL_REASON, WorkerReport, default_storage_url, evaluated_trials, make_sampler, open_storage, open_study,
+    point_status, redact, run_points,
+)
+from litv2cli.search.train_proxy import TrainBudget, train_point
+
+PRUNERS = ("successive-halving", "hyperband", "median", "none")
+POLL_S = 2.0
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Every choice of one `litv2 search` run, validated by the CLI (or the caller)."""
+
+    objectives: tuple[Objective, ...]
+    variants: tuple[str, ...] = ("s",)
+    alphas: str = DEFAULT_ALPHAS
+    windows: str = DEFAULT_WINDOWS
+    per_stage_window: bool = False
+    resolution: tuple[int, int] = (224, 224)
+    batch_size: int = 64
+    mode: str = "infer"
+    warmup: int = 5
+    repeats: int = 20
+    device: str | None = None
+    proxy: str = "zero-cost"  # zero-cost | train
+    data: str | None = None
+    zero_cost: tuple[str, ...] = DEFAULT_PROXIES
+    proxy_batches: int = 2
+    proxy_batch_size: int = 16
+    train_budget: TrainBudget | None = None
+    pruner: str = "successive-halving"
+    sampler: str = "grid"
+    trials: int | None = None
+    retry_failed: bool = False
+    storage: str | None = None
+    study: str | None = None
+    output: Path = Path("runs/search")
+    recipes_dir: Path | None = Path("recipes")  # None: write no recipe
+    pick: str = "knee"
+    max_memory: int | None = None
+    min_throughput: float | None = None
+    seed: int = 0
+
+    @property
+    def objective_names(self) -> list[str]:
+        return [o.name for o in self.objectives]
+
+    @property
+    def wants_top1(self) -> bool:
+        return "top1" in self.objective_names
+
+
+@dataclass
+class VariantResult:
+    variant: str
+    study: str
+    rows: list[pareto.Row]
+    front: list[pareto.Row]
+    chosen: pareto.Row
+    files: dict[str, Path] = field(default_factory=dict)
+    measurement: WorkerReport = field(default_factory=WorkerReport)
+    training: WorkerReport | None = None
+
+
+def run_search(config: SearchConfig, *, say: Callable[[str], None] = print) -> list[VariantResult]:
+    """Search every variant of `config`; Ctrl-C leaves every study resumable."""
+    from litv2cli.models import VARIANTS
+
+    for variant in config.variants:
+        if variant not in VARIANTS:
+            raise UserError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    spaces = {v: build_space(v, VARIANTS[v].num_heads, alphas=config.alphas, windows=config.windows,
+                             per_stage_window=config.per_stage_window, resolution=config.resolution)
+              for v in config.variants}  # every space is validated before anything runs
+    pareto.check_pick_rule(config.pick, config.objectives)
+    if config.proxy not in ("zero-cost", "train"):
+        raise UserError(f"--proxy {config.proxy}: choose zero-cost or train")
+    if config.wants_top1 and not config.data:
+        raise UserError(f"--proxy {config.proxy} needs --data (an image dataset, or 'demo' for the built-in one)")
+    if config.proxy == "train" and config.wants_top1 and config.train_budget is None:
+        raise UserError("--proxy train needs a training budget")
+    config.output.mkdir(parents=True, exist_ok=True)
+    storage_url = config.storage or default_storage_url(config.output)
+    storage = open_storage(storage_url)
+    proxy_settings = _proxy_settings(config, say) if config.wants_top1 and config.proxy == "zero-cost" else None
+    results = []
+    try:
+        for variant in config.variants:
+            results.append(search_variant(config, spaces[variant], storage, storage_url, proxy_settings, say))
+    except KeyboardInterrupt:
+        say(f"interrupted: the study is kept in {redact(storage_url)}; run the same command again to continue it")
+        raise
+    return results
+
+
+def search_variant(config: SearchConfig, space: SearchSpace, storage: optuna.storages.BaseStorage, storage_url: str,
+                   proxy: ProxySettings | None, say: Callable[[str], None]) -> VariantResult:
+    variant = space.variant
+    points = space.points()
+    names = config.objective_names
+    settings = MeasureSettings(
+        variant=variant, resolution=config.resolution, batch_size=config.batch_size, mode=config.mode,
+        warmup=config.warmup, repeats=config.repeats, latency="latency" in names,
+        memory="memory" in names or config.max_memory is not None, device=config.device)
+    measured = [n for n in names if n != "top1"] or ["throughput"]
+    directions = [OBJECTIVES[n].direction for n in measured]
+    device = torch.device(config.device) if config.device else default_device()
+    fingerprint = {
+        **space.fingerprint(), "batch_size": config.batch_size, "mode": config.mode, "device": device_name(device),
+        "measured": measured, "latency": settings.latency, "memory": settings.memory,
+        "zero_cost": list(proxy.proxies) if proxy else [], "proxy_data": config.data if proxy else None,
+        "proxy_batches": [config.proxy_batches, config.proxy_batch_size] if proxy else None, "seed": config.seed,
+    }
+    name = study_name(config, variant)
+    study = open_study(storage, name, directions=directions, fingerprint=fingerprint,
+                       sampler=make_sampler(config.sampler, [p.label for p in points], seed=config.seed))
+    merged = len(space.alphas) * len(space.window_options()) - len(points)
+    say(f"LITv2-{variant.upper()}: {len(points)} distinct points ({len(space.alphas)} alphas x "
+        f"{len(space.window_options())} window settings, {merged} merged: same head split) at "
+        f"{config.resolution[0]}x{config.resolution[1]}, batch {config.batch_size}, {config.mode}, on "
+        f"{fingerprint['device']}; study {name!r} in {redact(storage_url)}")
+
+    def evaluate(trial: optuna.Trial, point: Point) -> tuple[float, ...]:
+        metrics = measure_point(point, settings, proxy)
+        for key, value in metrics.items():
+            trial.set_user_attr(key, value)
+        return tuple(float(metrics[n]) for n in measured)
+
+    report = _finish(study, points, evaluate, config, storage, say)
+    rows = measured_rows(study, points)
+    if proxy is not None:
+        _attach_zero_cost(rows)
+    _apply_constraints(rows, config)
+    training = None
+    if config.wants_top1 and config.proxy == "train":
+        training = _train_phase(config, variant, name, points, rows, storage, say)
+    objectives = list(config.objectives)
+    front = pareto.pareto_front(rows, objectives)
+    chosen = pareto.pick(front, objectives, config.pick)
+    result = VariantResult(variant=variant, study=name, rows=rows, front=front, chosen=chosen, measurement=report,
+                           training=training)
+    result.files = _write_outputs(config, space, points, result, storage_url)
+    return result
+
+
+def study_name(config: SearchConfig, variant: str) -> str:
+    if config.study:
+        return config.study if len(config.variants) == 1 else f"{config.study}-{variant}"
+    height, width = config.resolution
+    suffix = f"-{config.proxy}" if config.wants_top1 else ""
+    return f"litv2-{variant}-{height}x{width}-b{config.batch_size}-{config.mode}{suffix}"
+
+
+def measured_rows(study: optuna.Study, points: list[Point]) -> list[pareto.Row]:
+    """One row per point that has a finished measurement (complete, or failed with its reason)."""
+    by_label: dict[str, pareto.Row] = {}
+    for trial in evaluated_trials(study):
+        label = trial.params["point"]
+        point = next((p for p in points if p.label == label), None)
+        if point is None or (label in by_label and by_label[label].status == "ok"):
+            continue
+        if trial.state == TrialState.COMPLETE:
+            attrs = trial.user_attrs
+            values = {k: float(attrs[k]) for k in ("throughput", "latency", "memory", "params", "flops") if k in attrs}
+            details = {k: v for k, v in attrs.items() if k not in values and k not in
+                       ("alpha", "alphas", "window", "lofi_heads")}
+            details["trial"] = trial.number
+            by_label[label] = _row(point, values=values, details=details)
+        elif trial.state == TrialState.FAIL and FAIL_REASON in trial.user_attrs:
+            by_label[label] = _row(point, status="failed", reason=trial.user_attrs[FAIL_REASON],
+                                   details={"trial": trial.number})
+    return [by_label[p.label] for p in points if p.label in by_label]
+
+
+# --- internals ---------------------------------------------------------------------------
+
+
+def _row(point: Point, **kwargs: Any) -> pareto.Row:
+    return pareto.Row(label=point.label, alpha=point.alpha, alphas=list(point.alphas), window=list(point.window),
+                      lofi_heads=list(point.lofi_heads), **kwargs)
+
+
+def _proxy_settings(config: SearchConfig, say: Callable[[str], None]) -> ProxySettings:
+    batches, num_classes = load_proxy_batches(config.data, config.resolution, batch_size=config.proxy_batch_size,
+                                              num_batches=config.proxy_batches, seed=config.seed)
+    say(f"zero-cost proxies {', '.join(config.zero_cost)} on {len(batches)} minibatches of "
+        f"{config.proxy_batch_size} images of {config.data} ({num_classes} classes), combined by rank")
+    return ProxySettings(proxies=tuple(config.zero_cost), batches=batches, num_classes=num_classes, seed=config.seed)
+
+
+def _finish(study: optuna.Study, points: list[Point], evaluate, config: SearchConfig,
+            storage: optuna.storages.BaseStorage, say: Callable[[str], None]) -> WorkerReport:
+    """Evaluate pending points; then wait for points other processes are evaluating (their
+    heartbeats tell when one died: its point becomes pending again and is evaluated here)."""
+    total = WorkerReport()
+    waiting_said = False
+    heartbeat = isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval() is not None
+    labels = [p.label for p in points]
+    while True:
+        report = run_points(study, points, evaluate, max_points=config.trials, retry_failed=config.retry_failed,
+                            on_trial=lambda t: _say_trial(t, say))
+        for name in ("evaluated", "failed", "pruned", "duplicates"):
+            getattr(total, name).extend(getattr(report, name))
+        running = point_status(study, labels).running
+        if not running:
+            break
+        if not heartbeat:
+            say(f"{len(running)} points are still being evaluated by other processes; this storage has no "
+                "heartbeats, so they are left out of this report (run the command again later to include them)")
+            break
+        if not waiting_said:
+            say(f"waiting for {len(running)} points being evaluated by other processes")
+            waiting_said = True
+        time.sleep(POLL_S)
+        with _quiet():
+            optuna.storages.fail_stale_trials(study)
+    return total
+
+
+@contextmanager
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def _say_trial(trial: optuna.trial.FrozenTrial, say: Callable[[str], None]) -> None:
+    label = trial.params.get("point", "?")
+    if trial.state == TrialState.COMPLETE:
+        attrs = trial.user_attrs
+        text = f"{attrs['throughput']:.1f} images/s (spread {100 * attrs['throughput_spread']:.1f}%" \
+               f"{', UNSTABLE' if not attrs.get('throughput_stable', True) else ''})" if "throughput" in attrs \
+            else f"top-1 {trial.value:.2f}%"
+        say(f"  trial {trial.number}: {label}: {text}")
+    elif trial.state == TrialState.FAIL:
+        say(f"  trial {trial.number}: {label}: FAILED ({trial.user_attrs.get(FAIL_REASON, 'no reason recorded')})")
+    elif trial.state == TrialState.PRUNED and "duplicate_of" not in trial.user_attrs:
+        say(f"  trial {trial.number}: {label}: pruned at step {trial.user_attrs.get('pruned_at_step')} "
+            f"(top-1 {trial.intermediate_values and list(trial.intermediate_values.values())[-1]})")
+
+
+def _attach_zero_cost(rows: list[pareto.Row]) -> None:
+    """top1 := the rank-combined zero-cost score over every measured point."""
+    scores = {r.label: {k.removeprefix("proxy_"): float(v) for k, v in r.details.items() if k.startswith("proxy_")}
+              for r in rows if r.status == "ok"}
+    combined = combine_by_rank(scores)
+    for row in rows:
+        if row.label in combined:
+            row.values["top1"] = combined[row.label]
+
+
+def _apply_constraints(rows: list[pareto.Row], config: SearchConfig) -> None:
+    for row in rows:
+        if row.status != "ok":
+            continue
+        if config.max_memory is not None and row.values.get("memory", 0.0) > config.max_memory:
+            row.status, row.reason = "filtered", f"memory {row.values['memory']:.0f} B > --max-memory {config.max_memory}"
+        elif config.min_throughput is not None and row.values["throughput"] < config.min_throughput:
+            row.status = "filtered"
+            row.reason = f"throughput {row.values['throughput']:.1f} < --min-throughput {config.min_throughput:g}"
+
+
+def _train_phase(config: SearchConfig, variant: str, name: str, points: list[Point], rows: list[pareto.Row],
+                 storage: optuna.storages.BaseStorage, say: Callable[[str], None]) -> WorkerReport:
+    budget = config.train_budget
+    assert budget is not None
+    candidates = [p for p in points if any(r.label == p.label and r.status == "ok" for r in rows)]
+    if not candidates:
+        return WorkerReport()
+    study = open_study(storage, f"{name}-train", directions=["maximize"],
+                       fingerprint={"measurement_study": name, "variant": variant, **budget.fingerprint()},
+                       sampler=optuna.samplers.GridSampler({"point": [p.label for p in candidates]}, seed=config.seed),
+                       pruner=_pruner(config.pruner))
+    say(f"training proxy: {len(candidates)} points, {budget.epochs} epochs each at "
+        f"{budget.resolution[0]}x{budget.resolution[1]}, batch {budget.batch_size}, lr {budget.lr:g} on "
+        f"{budget.data}; pruner {config.pruner}; study {name}-train")
+    run_root = config.output / "train-proxy" / name
+
+    def evaluate(trial: optuna.Trial, point: Point) -> float:
+        return train_point(trial, variant, point, budget, run_root / point.label)
+
+    report = _finish(study, candidates, evaluate, config, storage, say)
+    results: dict[str, optuna.trial.FrozenTrial] = {}
+    for trial in evaluated_trials(study):
+        label = trial.params["point"]
+        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+            if label not in results or results[label].state != TrialState.COMPLETE:
+                results[label] = trial
+    for row in rows:
+        trial = results.get(row.label)
+        if row.status != "ok":
+            continue
+        if trial is None:
+            row.status, row.reason = "failed", "not trained"
+        elif trial.state == TrialState.COMPLETE:
+            row.values["top1"] = float(trial.value)
+            row.details["train_trial"] = trial.number
+            row.details["top1_curve"] = {int(k): v for k, v in trial.intermediate_values.items()}
+        elif trial.state == TrialState.PRUNED:
+            row.status = "pruned"
+            last = list(trial.intermediate_values.items())[-1] if trial.intermediate_values else (None, None)
+            row.reason = f"pruned at step {last[0]} with val top-1 {last[1]}"
+            if last[1] is not None:
+                row.values["top1"] = float(last[1])
+        else:
+            row.status, row.reason = "failed", f"training: {trial.user_attrs.get(FAIL_REASON, 'failed')}"
+    return report
+
+
+def _pruner(kind: str) -> optuna.pruners.BasePruner:
+    if kind == "successive-halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2)
+    if kind == "none":
+        return optuna.pruners.NopPruner()
+    raise UserError(f"--pruner {kind}: choose one of {', '.join(PRUNERS)}")
+
+
+def _write_outputs(config: SearchConfig, space: SearchSpace, points: list[Point], result: VariantResult,
+                   storage_url: str) -> dict[str, Path]:
+    out = config.output / f"litv2-{result.variant}"
+    objectives = list(config.objectives)
+    front_labels = {r.label for r in result.front}
+    for row in result.rows:
+        row.details["on_front"] = row.label in front_labels
+        row.details["chosen"] = row.label == result.chosen.label
+    paper_label = paper_default_label(points, space.num_heads)
+    files: dict[str, Path] = {
+        "points_csv": pareto.write_table(result.rows, out / "points.csv"),
+        "front_csv": pareto.write_table(result.front, out / "front.csv"),
+    }
+    chosen = result.chosen
+    measurement = {
+        "device": chosen.details.get("device"), "dtype": chosen.details.get("dtype"),
+        "resolution": f"{config.resolution[0]}x{config.resolution[1]}", "batch_size": config.batch_size,
+        "mode": config.mode, "protocol": chosen.details.get("protocol"),
+        "throughput_images_per_s": chosen.values.get("throughput"),
+        "throughput_spread_iqr_over_median": chosen.details.get("throughput_spread"),
+        "throughput_stable": chosen.details.get("throughput_stable"),
+        **({"latency_ms": chosen.values["latency"]} if "latency" in chosen.values else {}),
+        **({"peak_memory_bytes": chosen.values["memory"], "memory_method": chosen.details.get("memory_method")}
+           if "memory" in chosen.values else {}),
+        "params": chosen.values.get("params"), "flops_macs": chosen.values.get("flops"),
+    }
+    proxy: dict[str, Any] = {"kind": config.proxy if config.wants_top1 else "none"}
+    if config.wants_top1 and config.proxy == "zero-cost":
+        proxy.update(data=config.data, proxies=list(config.zero_cost), combined_rank_score=chosen.values.get("top1"),
+                     scores={k.removeprefix("proxy_"): v for k, v in chosen.details.items() if k.startswith("proxy_")})
+    elif config.wants_top1 and config.train_budget is not None:
+        proxy.update(data=config.data, budget=config.train_budget.fingerprint(), pruner=config.pruner,
+                     val_top1=chosen.values.get("top1"))
+    constraints = {"max_memory": config.max_memory, "min_throughput": config.min_throughput}
+    provenance = build_provenance(
+        chosen=chosen, pick_rule=config.pick, objectives=config.objective_names, study=result.study,
+        storage=redact(storage_url), measurement=measurement, proxy=proxy, constraints=constraints,
+        points=sum(r.status != "failed" for r in result.rows), front=[r.label for r in result.front])
+    if config.recipes_dir is not None:
+        files["recipe"] = write_searched_recipe(result.variant, chosen, provenance, config.recipes_dir)
+    title = (f"LITv2-{result.variant.upper()} at {config.resolution[0]}x{config.resolution[1]}, batch "
+             f"{config.batch_size}, {config.mode}, {chosen.details.get('device')}")
+    files["plot_png"] = pareto.plot_front(result.rows, result.front, chosen, objectives, out / "pareto.png",
+                                          paper_label=paper_label, title=title)
+    html = pareto.plot_front_html(result.rows, result.front, chosen, objectives, out / "pareto.html", title=title)
+    if html is not None:
+        files["plot_html"] = html
+    summary = {
+        "variant": result.variant, "study": result.study, "storage": redact(storage_url),
+        "objectives": [{"name": o.name, "direction": o.direction} for o in objectives], "pick": config.pick,
+        "chosen": chosen.as_dict(), "paper_default": paper_label, "front": [r.as_dict() for r in result.front],
+        "points": [r.as_dict() for r in result.rows], "provenance": provenance,
+        "distinct_points": len(points), "requested_alphas": list(space.alphas),
+        "requested_windows": [list(w) for w in space.window_options()], "note": FLAT_ACCURACY_NOTE,
+    }
+    files["json"] = pareto.write_json(summary, out / "search.json")
+    return files

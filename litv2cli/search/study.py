@@ -1,0 +1,301 @@
+"""Optuna storage, studies and the worker loop that evaluates each point of a space exactly once.
+
+The study's state lives in the storage, so any process can pick up the work: re-running the
+same command continues the study, and several processes on one study split the points.
+
+- Storage: SQLite in the output directory by default (`sqlite:///<output>/search.db`), any
+  Optuna RDB URL (PostgreSQL, MySQL), or an append-only journal file (`journal:PATH` or a path
+  ending in `.log`, Optuna's `JournalFileBackend`) for many workers on a shared filesystem,
+  where SQLite's locking is unsafe. RDB storages send heartbeats: a worker killed outright has
+  its trial marked failed after the grace period, and the point is evaluated again.
+- Every trial suggests one categorical parameter, `point`, whose values are the labels of the
+  space's distinct points (`a0.9-w2.1`); alpha, windows and heads are stored as user attributes.
+- Duplicate guard: `GridSampler` can give the same point to two workers. Before evaluating, a
+  trial looks in the storage for another trial of the same point that is running, complete,
+  pruned, or failed for a recorded reason; if there is one it does not evaluate, records
+  `duplicate_of` and ends as PRUNED. Of two trials that race, at most one evaluates.
+- Failures: an exception in the evaluation (out of memory, an invalid point, a proxy crash)
+  fails the trial with its reason in the user attribute `fail_reason`; the study goes on. A
+  failed point is not tried again unless `retry_failed`. A trial stopped by Ctrl-C
+  (`fail_reason: interrupted`) or by a dead worker (failed by heartbeat, no reason) is
+  evaluated again when the study is resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import re
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from litv2cli.errors import UserError
+from litv2cli.search.space import Point
+
+log = logging.getLogger(__name__)
+
+PARAM = "point"
+FAIL_REASON = "fail_reason"
+DUPLICATE_OF = "duplicate_of"
+INTERRUPTED = "interrupted"
+HEARTBEAT_INTERVAL_S = 30
+GRACE_PERIOD_S = 120
+
+Evaluate = Callable[[optuna.Trial, Point], Sequence[float] | float]
+
+
+def default_storage_url(output: Path) -> str:
+    return f"sqlite:///{Path(output).resolve() / 'search.db'}"
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, for logs and recipes' provenance."""
+    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
+
+
+def open_storage(url: str, *, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
+                 grace_period: int = GRACE_PERIOD_S) -> optuna.storages.BaseStorage:
+    """An Optuna storage for `url`: `journal:PATH` or `*.log` -> journal file, else an RDB URL."""
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if url.startswith("journal:") or (url.endswith(".log") and "://" not in url):
+        path = Path(url.removeprefix("journal:")).expanduser()
+        if not path.parent.is_dir():
+            raise UserError(f"--storage {url}: directory {path.parent} does not exist")
+        return JournalStorage(JournalFileBackend(str(path)))
+    if "://" not in url:
+        raise UserError(f"--storage {url!r}: give an Optuna storage URL (sqlite:///file.db, postgresql://...) "
+                        "or a journal file (journal:PATH or PATH.log)")
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # Several local processes share one SQLite file: wait for its lock instead of failing.
+        engine_kwargs["connect_args"] = {"timeout": 300}
+        database = Path(url.split(":///", 1)[-1])
+        if url.count("/") >= 3 and not database.parent.is_dir():
+            raise UserError(f"--storage {url}: directory {database.parent} does not exist")
+    last_error: Exception | None = None
+    for attempt in range(5):  # two processes creating the same new database race on its tables
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                                  grace_period=grace_period)
+        except ImportError as exc:
+            raise UserError(f"--storage {redact(url)}: its database driver is not installed ({exc})") from None
+        except Exception as exc:  # sqlalchemy's OperationalError and friends
+            last_error = exc
+            time.sleep(0.5 + random.random() * attempt)
+    raise UserError(f"cannot open storage {redact(url)}: {_one_line(last_error)}")
+
+
+def open_study(storage: optuna.storages.BaseStorage, name: str, *, directions: Sequence[str],
+               fingerprint: dict[str, Any], sampler: optuna.samplers.BaseSampler,
+               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    """Create or load `name`; a study made for another space or other objectives is refused."""
+    study = optuna.create_study(storage=storage, study_name=name, directions=list(directions), sampler=sampler,
+                                pruner=pruner, load_if_exists=True)
+    stored_directions = [d.name.lower() for d in study.directions]
+    if stored_directions != list(directions):
+        raise UserError(f"study {name!r} was created with directions {stored_directions}, this run needs "
+                        f"{list(directions)}; pass another --study to start a separate study")
+    wanted = json.loads(json.dumps(fingerprint))
+    stored = study.user_attrs.get("fingerprint")
+    if stored is None:
+        study.set_user_attr("fingerprint", wanted)
+    elif stored != wanted:
+        key = next((k for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)), "?")
+        raise UserError(f"study {name!r} was created with a different {key} ({stored.get(key)!r}, now "
+                        f"{wanted.get(key)!r}); pass another --study, or the original flags to continue it")
+    return study
+
+
+def make_sampler(kind: str, labels: Sequence[str], *, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    if kind == "grid":
+        return optuna.samplers.GridSampler({PARAM: list(labels)}, seed=seed)
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, len(labels) // 2)))
+    raise UserError(f"--sampler {kind}: choose grid, tpe or nsga2")
+
+
+@dataclass
+class WorkerReport:
+    """What this process did to the study."""
+
+    evaluated: list[int] = field(default_factory=list)  # trial numbers completed here
+    failed: list[int] = field(default_factory=list)
+    pruned: list[int] = field(default_factory=list)
+    duplicates: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PointStatus:
+    done: set[str]  # complete, pruned, or failed for a recorded reason (and not retried)
+    running: set[str]
+    pending: list[str]  # to evaluate, in the space's order
+    fresh: set[str]  # pending points no trial has touched (the grid sampler's unvisited points)
+
+
+def evaluated_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials that evaluated (or are evaluating) a point: everything but duplicates and queued ones."""
+    return [t for t in study.get_trials(deepcopy=False) if PARAM in t.params and DUPLICATE_OF not in t.user_attrs
+            and t.state != TrialState.WAITING]
+
+
+def point_status(study: optuna.Study, labels: Sequence[str], *, retry_failed_before: datetime | None = None,
+                 attempted: set[str] = frozenset()) -> PointStatus:
+    """Classify every label from the storage; `attempted` points are not handed out twice per run."""
+    by_label: dict[str, list[FrozenTrial]] = {label: [] for label in labels}
+    for trial in evaluated_trials(study):
+        if trial.params[PARAM] in by_label:
+            by_label[trial.params[PARAM]].append(trial)
+    done, running, pending, fresh = set(), set(), [], set()
+    for label, trials in by_label.items():
+        if any(_owns(t, retry_failed_before) for t in trials if t.state != TrialState.RUNNING):
+            done.add(label)
+        elif any(t.state == TrialState.RUNNING for t in trials):
+            running.add(label)
+        elif label not in attempted:
+            pending.append(label)
+            if not trials:
+                fresh.add(label)
+    return PointStatus(done=done, running=running, pending=pending, fresh=fresh)
+
+
+def run_points(study: optuna.Study, points: Sequence[Point], evaluate: Evaluate, *, max_points: int | None = None,
+               retry_failed: bool = False, on_trial: Callable[[FrozenTrial], None] | None = None,
+               choices: Sequence[str] | None = None, rng: random.Random | None = None) -> WorkerReport:
+    """Evaluate the study's pending `points` until none is left (or the study holds `max_points`
+    evaluated points); safe to run in several processes at once. Ctrl-C propagates and leaves
+    the study resumable. `choices` (default: the points' labels) are the values of the `point`
+    parameter's distribution: keep them fixed for a study even when `points` is a subset."""
+    by_label = {p.label: p for p in points}
+    labels = list(by_label)
+    choices = list(choices) if choices is not None else labels
+    started = datetime.now()
+    retry_before = started if retry_failed else None
+    attempted: set[str] = set()
+    report = WorkerReport()
+    rng = rng or random.Random()
+    last_was_duplicate = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    while True:
+        status = point_status(study, labels, retry_failed_before=retry_before, attempted=attempted)
+        if not status.pending:
+            break
+        if max_points is not None and len(status.done | status.running) >= max_points:
+            break
+        # The sampler chooses among fresh points; a point to try again (interrupted, stale) or a
+        # sampler that keeps proposing finished points gets an explicit, queued trial instead.
+        if not status.fresh or last_was_duplicate:
+            study.enqueue_trial({PARAM: rng.choice(status.pending)})
+        started_trial: list[int] = []
+        study.optimize(_objective(study, by_label, choices, evaluate, retry_before, attempted, started_trial),
+                       n_trials=1, catch=(Exception,))
+        trial = _trial_by_number(study, started_trial[0]) if started_trial else None
+        last_was_duplicate = trial is not None and DUPLICATE_OF in trial.user_attrs
+        if trial is None:
+            continue
+        if trial.state == TrialState.FAIL and PARAM not in trial.params:  # it never reached a point: no progress
+            reason = trial.system_attrs.get("fail_reason", "unknown error").strip().splitlines()[-1]
+            raise UserError(f"study {study.study_name}: trial {trial.number} failed before choosing a point ({reason})")
+        if last_was_duplicate:
+            report.duplicates.append(trial.number)
+        elif trial.state == TrialState.COMPLETE:
+            report.evaluated.append(trial.number)
+        elif trial.state == TrialState.FAIL:
+            report.failed.append(trial.number)
+        elif trial.state == TrialState.PRUNED:
+            report.pruned.append(trial.number)
+        if on_trial is not None:
+            on_trial(trial)
+    return report
+
+
+# --- internals ---------------------------------------------------------------------------
+
+
+def _owns(trial: FrozenTrial, retry_failed_before: datetime | None) -> bool:
+    """Whether this finished trial settles its point (so no other trial may evaluate it)."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    if trial.state != TrialState.FAIL:
+        return False
+    reason = trial.user_attrs.get(FAIL_REASON)
+    if reason is None or reason == INTERRUPTED:  # killed worker or Ctrl-C: evaluate again
+        return False
+    if retry_failed_before is not None and trial.datetime_complete is not None \
+            and trial.datetime_complete < retry_failed_before:
+        return False
+    return True
+
+
+def _objective(study: optuna.Study, by_label: dict[str, Point], choices: list[str], evaluate: Evaluate,
+               retry_before: datetime | None, attempted: set[str], started_trial: list[int]):
+    def objective(trial: optuna.Trial):
+        started_trial.append(trial.number)
+        label = trial.suggest_categorical(PARAM, choices)
+        attempted.add(label)
+        if label not in by_label:  # a sampler that proposes outside this run's subset
+            trial.set_user_attr(DUPLICATE_OF, -1)
+            raise optuna.TrialPruned(f"{label} is not among the points of this run")
+        owner = _other_owner(study, label, trial.number, retry_before)
+        if owner is not None:
+            trial.set_user_attr(DUPLICATE_OF, owner)
+            raise optuna.TrialPruned(f"{label} is already taken by trial {owner}")
+        point = by_label[label]
+        trial.set_user_attr("alpha", point.alpha)
+        trial.set_user_attr("alphas", list(point.alphas))
+        trial.set_user_attr("window", list(point.window))
+        trial.set_user_attr("lofi_heads", list(point.lofi_heads))
+        try:
+            values = evaluate(trial, point)
+            flat = [values] if isinstance(values, (int, float)) else list(values)
+            if not all(math.isfinite(v) for v in flat):
+                raise FloatingPointError(f"non-finite objective values {flat}")
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr(FAIL_REASON, INTERRUPTED)
+            raise
+        except Exception as exc:
+            trial.set_user_attr(FAIL_REASON, _one_line(exc))
+            log.warning("point %s failed: %s", label, _one_line(exc))
+            raise
+        return values
+    return objective
+
+
+def _other_owner(study: optuna.Study, label: str, number: int, retry_before: datetime | None) -> int | None:
+    """The number of another trial that has evaluated, or is evaluating, `label`."""
+    for trial in evaluated_trials(study):
+        if trial.number == number or trial.params.get(PARAM) != label:
+            continue
+        if trial.state == TrialState.RUNNING or _owns(trial, retry_before):
+            return trial.number
+    return None
+
+
+def _trial_by_number(study: optuna.Study, number: int) -> FrozenTrial | None:
+    return next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+
+
+def _one_line(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = " ".join(str(exc).split()) or "(no message)"
+    return f"{type(exc).__name__}: {text[:300]}"

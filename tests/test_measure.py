@@ -1,0 +1,97 @@
+"""The shared measurement protocol: positive finite numbers, an honest spread, re-measurement."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from litv2cli.measure import measure_latency, measure_peak_memory, measure_throughput, relative_spread
+
+
+class SleepFor(nn.Module):
+    """A step whose duration we control: `durations` cycles (seconds)."""
+
+    def __init__(self, durations: list[float]):
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+        self.durations = durations
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.durations[self.calls % len(self.durations)])
+        self.calls += 1
+        return self.linear(x.mean(dim=(2, 3)).repeat(1, 2)[:, :4])
+
+
+def tiny_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 5))
+
+
+def test_throughput_is_a_positive_finite_median_with_its_spread_and_protocol():
+    result = measure_throughput(tiny_cnn(), 4, (32, 32), warmup=1, repeats=5)
+    assert result.images_per_s > 0 and math.isfinite(result.images_per_s)
+    assert len(result.samples) == 5 and all(s > 0 and math.isfinite(s) for s in result.samples)
+    assert min(result.samples) <= result.images_per_s <= max(result.samples)
+    assert result.spread >= 0 and math.isfinite(result.spread)
+    assert result.device.startswith("cpu") and result.timer == "perf_counter" and result.dtype == "float32"
+    assert "batch 4" in result.protocol and "32x32" in result.protocol and "median of 5" in result.protocol
+
+
+def test_median_matches_the_known_step_time():
+    result = measure_throughput(SleepFor([0.02]), 2, (8, 8), warmup=1, repeats=5)
+    assert result.images_per_s == pytest.approx(2 / 0.02, rel=0.25)
+    assert result.latency_ms == pytest.approx(20.0, rel=0.25)
+
+
+def test_spread_is_interquartile_range_over_median():
+    assert relative_spread([10.0, 10.0, 10.0, 10.0]) == 0.0
+    assert relative_spread([8.0, 9.0, 10.0, 11.0, 12.0]) == pytest.approx((11.0 - 9.0) / 10.0)
+
+
+def test_noisy_measurement_is_remeasured_and_reported_unstable():
+    # Steps alternate between 2 ms and 20 ms: every round's spread is far above 10%.
+    result = measure_throughput(SleepFor([0.002, 0.02]), 1, (8, 8), warmup=0, repeats=6, max_rounds=3)
+    assert result.rounds == 3
+    assert not result.stable and result.spread > 0.10
+
+
+def test_steady_measurement_is_accepted_after_one_round():
+    result = measure_throughput(SleepFor([0.01]), 1, (8, 8), warmup=1, repeats=5, max_rounds=3)
+    assert result.rounds == 1 and result.stable and result.spread <= 0.10
+
+
+def test_train_mode_times_backward_on_a_copy_and_leaves_the_weights_alone():
+    model = tiny_cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = measure_throughput(model, 2, (16, 16), mode="train", warmup=1, repeats=3)
+    assert result.mode == "train" and result.images_per_s > 0
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key])
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_latency_is_measured_at_batch_one_in_milliseconds():
+    result = measure_latency(SleepFor([0.01]), (8, 8), warmup=1, repeats=3)
+    assert result.batch_size == 1
+    assert result.latency_ms == pytest.approx(10.0, rel=0.3)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError):
+        measure_throughput(tiny_cnn(), 0, (8, 8))
+    with pytest.raises(ValueError):
+        measure_throughput(tiny_cnn(), 1, (8, 8), mode="eval")  # type: ignore[arg-type]
+
+
+def test_cpu_peak_memory_counts_weights_and_the_activations_of_the_step():
+    model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    result = measure_peak_memory(model, 16, (128, 128))
+    activation = 16 * 64 * 128 * 128 * 4  # one float32 conv output: 64 MiB
+    assert result.peak_bytes >= activation
+    assert result.details["weights_bytes"] == sum(p.numel() * 4 for p in model.parameters())
+    assert "fresh process" in result.method and result.peak_bytes < 20 * activation
