@@ -1,0 +1,110 @@
+"""onnxruntime vs PyTorch on this CPU, timed side by side.
+
+Protocol: the same random batch for every engine, the same number of threads for each
+(`torch.set_num_threads` and onnxruntime's intra-op pool, inter-op 1), onnxruntime's idle
+workers not spinning (they would steal cores from PyTorch between interleaved steps);
+`warmup` untimed steps per engine, then `rounds` rounds in which every engine runs one step,
+the order reversed every other round, timed with `time.perf_counter`. Each engine's result is
+the median images/s of its steps, with its spread (IQR / median, as in `litv2cli.measure`).
+Interleaving makes a load change on a shared machine hit every engine alike, so the ratio is
+the number to trust, not the absolute speeds. The 1-minute load average is recorded before
+and after: on an oversubscribed machine PyTorch's OpenMP pool (which waits by spinning) loses
+far more than onnxruntime's, so a ratio taken under load overstates onnxruntime's lead.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from litv2cli.export.onnx import INPUT_NAME, open_session
+from litv2cli.measure import MAX_SPREAD, relative_spread
+
+
+@dataclass(frozen=True)
+class EngineTiming:
+    images_per_s: float  # median over the steps
+    spread: float  # IQR / median of the steps' images/s
+
+
+@dataclass(frozen=True)
+class SideBySide:
+    """Median images/s of each engine over the same interleaved rounds."""
+
+    engines: dict[str, EngineTiming]
+    batch_size: int
+    resolution: tuple[int, int]
+    threads: int
+    warmup: int
+    rounds: int
+    load_average: tuple[float, float]  # 1-minute load average before and after the timing
+
+    @property
+    def stable(self) -> bool:
+        return all(engine.spread <= MAX_SPREAD for engine in self.engines.values())
+
+    def ratio(self, engine: str, baseline: str = "pytorch") -> float:
+        return self.engines[engine].images_per_s / self.engines[baseline].images_per_s
+
+    @property
+    def protocol(self) -> str:
+        height, width = self.resolution
+        return (f"inference, batch {self.batch_size}, {height}x{width}, float32, CPU with {self.threads} threads per "
+                f"engine, {self.warmup} warm-up steps, median of {self.rounds} interleaved rounds, load average "
+                f"{self.load_average[0]:.1f} before / {self.load_average[1]:.1f} after on {os.cpu_count()} cores")
+
+
+def time_interleaved(steps: dict[str, Callable[[], object]], *, batch_size: int, warmup: int = 3,
+                     rounds: int = 10) -> dict[str, EngineTiming]:
+    """Run every step `warmup` times, then `rounds` rounds of one step each, alternating the order."""
+    if warmup < 0 or rounds < 1:
+        raise ValueError("warmup must be >= 0 and rounds >= 1")
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    for round_index in range(rounds):
+        for name in names if round_index % 2 == 0 else reversed(names):
+            begin = time.perf_counter()
+            steps[name]()
+            samples[name].append(batch_size / (time.perf_counter() - begin))
+    return {name: EngineTiming(statistics.median(values), relative_spread(values)) for name, values in samples.items()}
+
+
+def time_onnxruntime_vs_pytorch(model: nn.Module, onnx_files: dict[str, str | Path], *, batch_size: int,
+                                resolution: tuple[int, int], threads: int | None = None, warmup: int = 3,
+                                rounds: int = 10) -> SideBySide:
+    """PyTorch eager (`inference_mode`) against each ONNX file in onnxruntime, interleaved.
+
+    `onnx_files` maps a label (e.g. "onnxruntime") to a file; the PyTorch engine is "pytorch".
+    """
+    threads = threads or torch.get_num_threads()
+    load_before = os.getloadavg()[0]
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = model.eval()
+        images = torch.randn(batch_size, 3, *resolution, generator=torch.Generator().manual_seed(0))
+        feed = {INPUT_NAME: images.numpy()}
+
+        def pytorch_step() -> None:
+            with torch.inference_mode():
+                model(images)
+
+        steps: dict[str, Callable[[], object]] = {"pytorch": pytorch_step}
+        for label, path in onnx_files.items():
+            session = open_session(path, threads, spin=False)
+            steps[label] = lambda session=session: session.run(None, feed)
+        engines = time_interleaved(steps, batch_size=batch_size, warmup=warmup, rounds=rounds)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return SideBySide(engines, batch_size, tuple(resolution), threads, warmup, rounds,
+                      (load_before, os.getloadavg()[0]))
