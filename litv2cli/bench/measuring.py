@@ -1,0 +1,74 @@
+"""The measurements `litv2 bench` makes, on top of the shared protocol in `litv2cli.measure`:
+throughput of several models side by side, and peak memory that reports running out of memory
+(or past the CPU's time budget) as an outcome instead of an exception."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from litv2cli.bench.protocol import BenchSettings
+from litv2cli.measure import Measurement, Mode, measure_peak_memory, measure_throughput_interleaved
+
+OK = "ok"
+OOM = "OOM"
+OVER_TIME = "over time budget"
+# A fresh Python process imports torch and unpickles the model before its two timed steps.
+CHILD_STARTUP_S = 60.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A measured value, or None and why not."""
+
+    value: float | None
+    status: str = OK
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK and self.value is not None and math.isfinite(self.value)
+
+
+def peak_memory_mib(model: nn.Module, settings: BenchSettings, resolution: tuple[int, int], mode: Mode) -> Outcome:
+    """Peak memory of one `mode` step in MiB: CUDA allocator peak, or a fresh CPU process's peak RSS growth."""
+    timeout = CHILD_STARTUP_S + 2 * settings.step_budget_s if settings.step_budget_s else 3600.0
+    try:
+        memory = measure_peak_memory(model, settings.batch_size, resolution, mode=mode, device=settings.device,
+                                     timeout_s=timeout, autocast_dtype=settings.autocast_dtype)
+    except torch.cuda.OutOfMemoryError:
+        return Outcome(None, OOM)
+    except subprocess.TimeoutExpired:
+        return Outcome(None, OVER_TIME)
+    except RuntimeError as exc:
+        # The CPU child reports its own failure; the kernel's OOM killer leaves it without output.
+        if "out of memory" in str(exc).lower() or "no output" in str(exc) or "Killed" in str(exc):
+            return Outcome(None, OOM)
+        raise
+    finally:
+        release(model, settings)
+    return Outcome(memory.peak_bytes / 2**20)
+
+
+def interleaved_throughput(models: dict[str, nn.Module], settings: BenchSettings, resolution: tuple[int, int],
+                           mode: Mode = "infer") -> dict[str, Measurement]:
+    """Median images/s of every model, one step of each in turn (see `measure_throughput_interleaved`)."""
+    if settings.compile_mode is not None:
+        models = {name: torch.compile(model, mode=settings.compile_mode) for name, model in models.items()}
+    try:
+        return measure_throughput_interleaved(
+            models, settings.batch_size, resolution, mode=mode, device=settings.device, warmup=settings.warmup,
+            repeats=settings.repeats, max_rounds=settings.max_rounds, autocast_dtype=settings.autocast_dtype)
+    finally:
+        for model in models.values():
+            release(model, settings)
+
+
+def release(model: nn.Module, settings: BenchSettings) -> None:
+    """Measuring moves a model to the device; move it back so the next measurement starts empty."""
+    if settings.device.type == "cuda":
+        model.cpu()
+        torch.cuda.empty_cache()
