@@ -26,6 +26,15 @@ def _register_commands() -> None:
 
     app.add_typer(info.app)
     app.add_typer(train.app)
+    from litv2cli.cli import search
+
+    app.add_typer(search.app)
+    from litv2cli.cli import export
+
+    app.add_typer(export.app)
+    from litv2cli.cli import bench
+
+    app.add_typer(bench.app)
 
 
 _register_commands()
