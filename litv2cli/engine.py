@@ -46,6 +46,10 @@ class NonFiniteLoss(RuntimeError):
     """Raised on every rank when the loss stops being finite more often than allowed."""
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, permissions); earlier checkpoints are intact."""
+
+
 class ResumeMismatch(RuntimeError):
     """The checkpoint cannot continue this run as configured (e.g. another world size)."""
 
@@ -86,10 +90,17 @@ def make_accelerator(spec: RunSpec, recipe: Recipe, run_dir: Path, hidden_size: 
 
 class StopRequest:
     """SIGTERM / SIGINT set a flag; the loop saves at the next step boundary and exits cleanly.
-    A second signal exits at once."""
+
+    A second signal more than `grace` seconds after the first exits at once. Signals closer
+    together are one event: a launcher or scheduler often delivers the same pre-emption to
+    every process of the job, and a worker may receive it twice.
+    """
+
+    grace = 1.0
 
     def __init__(self) -> None:
         self.requested = False
+        self._first = 0.0
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -97,9 +108,11 @@ class StopRequest:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
+        now = time.monotonic()
+        if self.requested and now - self._first > self.grace:
             os._exit(128 + signum)
-        self.requested = True
+        if not self.requested:
+            self.requested, self._first = True, now
 
     def uninstall(self) -> None:
         for sig, handler in self._previous.items():
@@ -321,7 +334,13 @@ def save(accelerator: Accelerator, run_dir: Path, state: TrainState, keep: int, 
     extra = {}
     if ema is not None:
         extra["ema.safetensors"] = lambda path: save_file(_contiguous(ema.module.state_dict()), str(path))
-    return checkpointing.save_checkpoint(accelerator, run_dir, state, keep, extra)
+    try:
+        return checkpointing.save_checkpoint(accelerator, run_dir, state, keep, extra)
+    except OSError as exc:
+        checkpointing.remove_partial_checkpoints(run_dir)
+        raise CheckpointWriteError(
+            f"cannot write the checkpoint of step {state.step} in {checkpointing.checkpoint_dir(run_dir)} "
+            f"({exc.strerror or exc}); the previous checkpoints are intact") from None
 
 
 def resume(accelerator: Accelerator, run_dir: Path, resume_from: str, ema) -> TrainState:

@@ -48,7 +48,9 @@ def evaluate(accelerator: Accelerator, model: nn.Module, dataset: Dataset, *, ba
     indices = shard_indices(len(dataset), num_replicas=world, rank=rank)
     per_rank = math.ceil(len(dataset) / world)
     loader = DataLoader(_Shard(dataset, indices, per_rank), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_collate, shuffle=False)
+                        collate_fn=_collate, shuffle=False,
+                        # Its own generator: evaluating must not advance the training RNG streams.
+                        generator=torch.Generator().manual_seed(0))
     was_training = model.training
     model.eval()
     device = accelerator.device

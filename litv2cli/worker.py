@@ -22,15 +22,15 @@ def run_spec(spec: RunSpec) -> int:
             run_evaluation(spec)
         else:
             engine.train(spec)
-    except UserError as exc:
-        print(f"litv2: error: {exc}", file=sys.stderr)
-        return 2
-    except engine.ResumeMismatch as exc:
+    except (UserError, engine.ResumeMismatch) as exc:
         print(f"litv2: error: {exc}", file=sys.stderr)
         return 2
     except engine.NonFiniteLoss as exc:
         print(f"litv2: error: {exc}", file=sys.stderr)
         return 3
+    except engine.CheckpointWriteError as exc:
+        print(f"litv2: error: {exc}", file=sys.stderr)
+        return 4
     return 0
 
 

@@ -48,6 +48,7 @@ Ema = Annotated[bool, typer.Option("--ema", help="Keep an EMA of the weights (mo
 Precision = Annotated[str, typer.Option("--precision", help="auto (bf16/fp16 on GPU, none on CPU), no, bf16 or fp16.")]
 SkipNonFinite = Annotated[int, typer.Option("--skip-nonfinite", help="Tolerate this many non-finite losses.")]
 NoProgress = Annotated[bool, typer.Option("--no-progress", help="No progress bar (logs only).")]
+LogEvery = Annotated[int, typer.Option("--log-every", help="Write a metrics line every N optimizer steps.")]
 
 
 def _resolve_logging(log_with: str | None) -> list[str]:
@@ -88,7 +89,8 @@ def _build_recipe(base: Recipe, *, res, batch_size, accum, epochs, lr, seed, alp
 
 def _launch_and_spec(*, recipe: Recipe, data, image_column, label_column, streaming, gpus, nodes, node_rank,
                      main_addr, main_port, deepspeed, workers, output, save_every, keep, resume, log_with, max_steps,
-                     compile, grad_ckpt, channels_last, precision, skip_nonfinite, no_progress, init_from, prefix):
+                     compile, grad_ckpt, channels_last, precision, skip_nonfinite, no_progress, init_from, prefix,
+                     log_every=10):
     from litv2cli import dsconfig, launch, runner
     from litv2cli.data import describe_source
     from litv2cli.runs import RunSpec, default_run_dir
@@ -97,8 +99,8 @@ def _launch_and_spec(*, recipe: Recipe, data, image_column, label_column, stream
         raise UserError("--data is required: 'demo', an ImageFolder root, a saved dataset, Parquet files or a hub id")
     if precision not in ("auto", "no", "bf16", "fp16"):
         raise UserError(f"--precision {precision}: use auto, no, bf16 or fp16")
-    if keep < 1 or save_every < 0:
-        raise UserError("--keep must be >= 1 and --save-every >= 0")
+    if keep < 1 or save_every < 0 or log_every < 1:
+        raise UserError("--keep and --log-every must be >= 1 and --save-every >= 0")
     if resume not in (None, "auto") and not Path(resume).exists():
         raise UserError(f"--resume {resume}: no such checkpoint")
     info = describe_source(data, image_column=image_column, label_column=label_column)
@@ -127,7 +129,7 @@ def _launch_and_spec(*, recipe: Recipe, data, image_column, label_column, stream
         keep=keep, resume=resume, log_with=_resolve_logging(log_with), max_steps=max_steps, compile=compile,
         grad_ckpt=grad_ckpt, channels_last=channels_last, precision=precision,
         deepspeed=str(ds_path) if ds_path else None, init_from=init_from, skip_nonfinite=skip_nonfinite,
-        progress=not no_progress,
+        progress=not no_progress, log_every=log_every,
     )
     typer.echo(f"run directory: {out}")
     return runner.start(spec, recipe, plan)
@@ -144,7 +146,7 @@ def pretrain(
     epochs: Epochs = None, max_steps: MaxSteps = None, lr: Lr = None, compile: Compile = False,
     grad_ckpt: GradCkpt = False, channels_last: ChannelsLast = False, seed: Seed = None,
     alpha: Alpha = None, window: Window = None, ema: Ema = False, precision: Precision = "auto",
-    skip_nonfinite: SkipNonFinite = 0, no_progress: NoProgress = False,
+    skip_nonfinite: SkipNonFinite = 0, no_progress: NoProgress = False, log_every: LogEvery = 10,
 ) -> int:
     """Pretrain LITv2 (ImageNet recipe of the paper by default) on 1..N processes and nodes."""
     if recipe is not None:
@@ -160,7 +162,7 @@ def pretrain(
         gpus=gpus, nodes=nodes, node_rank=node_rank, main_addr=main_addr, main_port=main_port, deepspeed=deepspeed,
         workers=workers, output=output, save_every=save_every, keep=keep, resume=resume, log_with=log_with,
         max_steps=max_steps, compile=compile, grad_ckpt=grad_ckpt, channels_last=channels_last, precision=precision,
-        skip_nonfinite=skip_nonfinite, no_progress=no_progress, init_from=None, prefix="")
+        skip_nonfinite=skip_nonfinite, no_progress=no_progress, init_from=None, prefix="", log_every=log_every)
 
 
 def _finetune_base(source, variant: str, recipe_path: Path | None, resolution: tuple[int, int]) -> Recipe:
@@ -190,7 +192,7 @@ def finetune(
     log_with: LogWith = None, batch_size: BatchSize = None, accum: Accum = None, epochs: Epochs = None,
     max_steps: MaxSteps = None, lr: Lr = None, compile: Compile = False, grad_ckpt: GradCkpt = False,
     channels_last: ChannelsLast = False, seed: Seed = None, ema: Ema = False, precision: Precision = "auto",
-    skip_nonfinite: SkipNonFinite = 0, no_progress: NoProgress = False,
+    skip_nonfinite: SkipNonFinite = 0, no_progress: NoProgress = False, log_every: LogEvery = 10,
 ) -> int:
     """Fine-tune a checkpoint at a new resolution and/or on new classes (same engine as pretrain)."""
     from litv2cli.models import create_model
@@ -216,7 +218,7 @@ def finetune(
         workers=workers, output=output, save_every=save_every, keep=keep, resume=resume, log_with=log_with,
         max_steps=max_steps, compile=compile, grad_ckpt=grad_ckpt, channels_last=channels_last, precision=precision,
         skip_nonfinite=skip_nonfinite, no_progress=no_progress, init_from=str(Path(from_).resolve()),
-        prefix="finetune-")
+        prefix="finetune-", log_every=log_every)
 
 
 @app.command("eval")
