@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,10 +144,9 @@ def train(spec: RunSpec, *, on_eval: EvalCallback | None = None) -> dict[str, An
     """Run (or resume) training as described by `spec`; returns the last evaluation."""
     recipe = Recipe.model_validate(spec.recipe)
     run_dir = Path(spec.output)
-    train_set = open_split(spec.data, spec.train_split, image_column=spec.image_column,
-                           label_column=spec.label_column)
-    val_set = open_split(spec.data, spec.val_split, image_column=spec.image_column,
-                         label_column=spec.label_column)
+    train_set, val_set = (open_split(spec.data, split, image_column=spec.image_column,
+                                     label_column=spec.label_column, streaming=spec.streaming)
+                          for split in (spec.train_split, spec.val_split))
     num_classes = recipe.num_classes or train_set.num_classes
     probe = create_model(recipe.variant, num_classes=1)
     accelerator = make_accelerator(spec, recipe, run_dir, hidden_size=probe.num_features)
@@ -168,14 +167,20 @@ def train(spec: RunSpec, *, on_eval: EvalCallback | None = None) -> dict[str, An
     val_set.set_transform(build_eval_transform(
         recipe.res, crop_pct=recipe.eval_crop_pct, interpolation=recipe.interpolation,
         mean=recipe.mean, std=recipe.std))
-    sampler = ResumableDistributedSampler(
-        len(train_set), num_replicas=world, rank=accelerator.process_index,
-        batch_size=recipe.batch_size * recipe.accum, seed=recipe.seed)
-    steps_per_epoch = sampler.per_rank // (recipe.batch_size * recipe.accum)
+    per_step = recipe.batch_size * recipe.accum
+    if spec.streaming:
+        sampler = None
+        per_rank = spec.train_size // world // per_step * per_step
+        train_size = spec.train_size
+    else:
+        sampler = ResumableDistributedSampler(len(train_set), num_replicas=world, rank=accelerator.process_index,
+                                              batch_size=per_step, seed=recipe.seed)
+        per_rank = sampler.per_rank
+        train_size = len(train_set)
+    steps_per_epoch = per_rank // per_step
     if steps_per_epoch == 0:
-        raise ValueError(
-            f"the training split has {len(train_set)} images, fewer than one step of "
-            f"{recipe.batch_size} x {recipe.accum} x {world}")
+        raise ValueError(f"the training split has {train_size} images, fewer than one step of "
+                         f"{recipe.batch_size} x {recipe.accum} x {world}")
     total_steps = steps_per_epoch * recipe.epochs
     scheduler = build_scheduler(optimizer, total_steps=total_steps,
                                 warmup_steps=round(recipe.warmup_epochs * steps_per_epoch),
@@ -197,19 +202,12 @@ def train(spec: RunSpec, *, on_eval: EvalCallback | None = None) -> dict[str, An
     stop.install()
     progress = TrainProgress(enabled=spec.progress and accelerator.is_main_process,
                              total_steps=min(total_steps, spec.max_steps or total_steps), start=state.step)
-    items = SeededItems(train_set, seed=recipe.seed)
+    items = None if spec.streaming else SeededItems(train_set, seed=recipe.seed)
     last_eval: dict[str, Any] = {}
     device = accelerator.device
     try:
         while state.epoch < recipe.epochs:
-            sampler.set_epoch(state.epoch, start_at=state.position)
-            items.set_epoch(state.epoch)
-            loader = DataLoader(items, batch_size=recipe.batch_size, sampler=sampler, num_workers=spec.workers,
-                                collate_fn=collate_skip_corrupt, drop_last=True,
-                                pin_memory=torch.cuda.is_available(), persistent_workers=False,
-                                # Its own generator: a loader otherwise draws its base seed from the
-                                # global RNG, which a resumed run would then consume at another point.
-                                generator=torch.Generator().manual_seed(recipe.seed * 1_000_003 + state.epoch))
+            loader = epoch_loader(train_set, items, sampler, recipe, spec, state, world, accelerator.process_index)
             model.train()
             skipped_images = 0
             window_start, window_images, window_loss, window_count = time.perf_counter(), 0, 0.0, 0
@@ -273,10 +271,10 @@ def train(spec: RunSpec, *, on_eval: EvalCallback | None = None) -> dict[str, An
                     metrics.write(event="stopped", step=state.step, epoch=state.epoch, reason="signal")
                     accelerator.print(f"stopped by signal at step {state.step}; resume with --resume auto")
                     return last_eval
-                if reached_max:
+                if reached_max or state.position >= per_rank:
                     break
             skipped_total = int(accelerator.reduce(torch.tensor(skipped_images, device=device), "sum").item())
-            epoch_done = state.position >= sampler.per_rank
+            epoch_done = state.position >= per_rank
             if epoch_done:
                 state.epoch += 1
                 state.position = 0
@@ -299,6 +297,38 @@ def train(spec: RunSpec, *, on_eval: EvalCallback | None = None) -> dict[str, An
         if spec.log_with:
             accelerator.end_training()
     return last_eval
+
+
+def epoch_loader(train_set, items, sampler, recipe: Recipe, spec: RunSpec, state: TrainState, world: int,
+                 rank: int) -> Iterable:
+    """This rank's batches for the rest of the current epoch, from `state.position` on."""
+    # Its own generator: a loader otherwise draws its base seed from the global RNG, which a
+    # resumed run would then consume at another point.
+    generator = torch.Generator().manual_seed(recipe.seed * 1_000_003 + state.epoch)
+    options = dict(batch_size=recipe.batch_size, num_workers=spec.workers, collate_fn=collate_skip_corrupt,
+                   drop_last=True, pin_memory=torch.cuda.is_available(), generator=generator)
+    if sampler is not None:
+        sampler.set_epoch(state.epoch, start_at=state.position)
+        items.set_epoch(state.epoch)
+        return DataLoader(items, sampler=sampler, **options)
+    return _endless_stream(train_set, recipe, spec, state, world, rank, options)
+
+
+def _endless_stream(train_set, recipe: Recipe, spec: RunSpec, state: TrainState, world: int, rank: int,
+                    options: dict) -> Iterator:
+    """A streamed epoch. Ranks may hold parts of unequal length (whole files per rank), so a part
+    that ends early starts again, reshuffled: every rank then takes the same number of steps."""
+    skip, lap = state.position, 0
+    while True:
+        part = train_set.for_rank(rank, world, seed=recipe.seed, epoch=state.epoch + lap * 1_000_000, skip=skip,
+                                  batch_size=recipe.batch_size)
+        delivered = False
+        for batch in DataLoader(part, **options):
+            delivered = True
+            yield batch
+        if not delivered and skip == 0:
+            raise ValueError(f"rank {rank} received no training images from the stream")
+        skip, lap = 0, lap + 1
 
 
 def reached_max_steps(spec: RunSpec, state: TrainState) -> bool:

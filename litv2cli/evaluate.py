@@ -1,54 +1,45 @@
 """Top-1/top-5 over exactly the validation set, whatever the number of processes.
 
-Each rank evaluates a strided shard; shards are padded to the same number of batches so
-collectives inside the model (ZeRO-3 gathers) stay in step, and the padding is never counted,
-unlike a padded DistributedSampler, which counts some images twice.
+Each rank evaluates its own part (a strided shard, or its part of a stream); nothing is padded,
+so no image is counted twice, unlike a padded DistributedSampler. Ranks whose part is shorter
+keep forwarding a dummy batch until every rank is done, so collectives inside the model
+(ZeRO-3 gathers) stay in step.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, default_collate
 
 from litv2cli.sampler import shard_indices
 
-_PAD = "pad"
-
-
-class _Shard(Dataset):
-    def __init__(self, dataset: Dataset, indices: list[int], length: int) -> None:
-        self.dataset, self.indices, self.length = dataset, indices, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> Any:
-        return self.dataset[self.indices[i]] if i < len(self.indices) else _PAD
-
 
 def _collate(batch: list[Any]) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
-    valid = [item for item in batch if item is not None and item is not _PAD and not isinstance(item, str)]
-    skipped = sum(item is None for item in batch)
+    valid = [item for item in batch if item is not None]
+    skipped = len(batch) - len(valid)
     if not valid:
         return None, None, skipped
     images, labels = default_collate(valid)
     return images, labels, skipped
 
 
+def rank_part(dataset: Dataset, world: int, rank: int) -> Dataset:
+    """This rank's part: every item belongs to exactly one rank."""
+    if isinstance(dataset, IterableDataset):
+        return dataset.for_rank(rank, world)
+    return Subset(dataset, shard_indices(len(dataset), num_replicas=world, rank=rank))
+
+
 @torch.no_grad()
 def evaluate(accelerator: Accelerator, model: nn.Module, dataset: Dataset, *, batch_size: int, workers: int,
              criterion: nn.Module | None = None, channels_last: bool = False) -> dict[str, Any]:
     """Returns top1/top5 (percent), mean loss, images counted and unreadable images skipped."""
-    world, rank = accelerator.num_processes, accelerator.process_index
-    indices = shard_indices(len(dataset), num_replicas=world, rank=rank)
-    per_rank = math.ceil(len(dataset) / world)
-    loader = DataLoader(_Shard(dataset, indices, per_rank), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_collate, shuffle=False,
+    loader = DataLoader(rank_part(dataset, accelerator.num_processes, accelerator.process_index),
+                        batch_size=batch_size, num_workers=workers, collate_fn=_collate, shuffle=False,
                         # Its own generator: evaluating must not advance the training RNG streams.
                         generator=torch.Generator().manual_seed(0))
     was_training = model.training
@@ -56,12 +47,17 @@ def evaluate(accelerator: Accelerator, model: nn.Module, dataset: Dataset, *, ba
     device = accelerator.device
     totals = torch.zeros(5, dtype=torch.float64, device=device)  # correct1, correct5, count, loss, skipped
     example: torch.Tensor | None = None
-    for images, labels, skipped in loader:
+    batches = iter(loader)
+    while True:
+        batch = next(batches, None)
+        if accelerator.reduce(torch.tensor([float(batch is not None)], device=device), "sum").item() == 0:
+            break
+        images, labels, skipped = batch if batch is not None else (None, None, 0)
         totals[4] += skipped
         if images is None:
             if example is None:
                 continue
-            images, labels = example[:1], None  # keep collectives in step on an all-padding batch
+            images, labels = example[:1], None  # keep collectives in step while other ranks still work
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)

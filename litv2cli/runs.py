@@ -27,6 +27,7 @@ class RunSpec:
     train_split: str = "train"
     val_split: str = "val"
     streaming: bool = False
+    train_size: int = 0  # images in the training split; what a stream's epoch length is computed from
     workers: int = 2
     save_every: int = 0
     keep: int = 3

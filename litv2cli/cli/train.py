@@ -27,7 +27,8 @@ MainPort = Annotated[int | None, typer.Option("--main-port", help="Rendezvous po
 DeepSpeed = Annotated[str | None, typer.Option("--deepspeed", help="zero1, zero2, zero3, zero3-offload or a JSON file.")]
 ImageColumn = Annotated[str | None, typer.Option("--image-column", help="Image column of an Arrow/Parquet/hub dataset.")]
 LabelColumn = Annotated[str | None, typer.Option("--label-column", help="Label column of an Arrow/Parquet/hub dataset.")]
-Streaming = Annotated[bool, typer.Option("--streaming", help="Stream a hub dataset instead of downloading it.")]
+Streaming = Annotated[bool, typer.Option("--streaming", help="Read a hub or Parquet dataset as a stream instead of "
+                                         "preparing it in the datasets cache (for data larger than the disk).")]
 Workers = Annotated[int | None, typer.Option("--workers", help="DataLoader workers per process (default: the cores).")]
 Output = Annotated[Path | None, typer.Option("--output", "-o", help="Run directory (default runs/<variant>-<time>).")]
 SaveEvery = Annotated[int, typer.Option("--save-every", help="Checkpoint every N optimizer steps (0: epoch ends only).")]
@@ -63,6 +64,29 @@ def _resolve_logging(log_with: str | None) -> list[str]:
     except ImportError:
         return []
     return ["tensorboard"]
+
+
+# Everything a run writes at the top of its directory.
+RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "checkpoints", "model.safetensors", "model_ema.safetensors")
+
+
+def _refuse_earlier_run(out: Path, *, resuming: bool) -> None:
+    """Without --resume, leave a directory that holds any file of a run untouched: a run killed
+    before its first checkpoint still has its config, spec and metrics, which a new run would
+    overwrite or append to."""
+    found = [name for name in RUN_FILES if (out / name).exists()] if out.is_dir() and not resuming else []
+    if found:
+        raise UserError(f"--output {out} already holds a run ({', '.join(found)}); continue it with --resume auto "
+                        "or pick another --output")
+
+
+def _check_one_step_fits(data: str, train_size: int, recipe: Recipe, world_size: int) -> None:
+    """An epoch is truncated to whole steps of every process; refuse a split smaller than one."""
+    per_step = recipe.batch_size * recipe.accum * world_size
+    if train_size and train_size < per_step:
+        raise UserError(f"--data {data}: the training split has {train_size} images, fewer than one step of "
+                        f"{recipe.batch_size} (batch) x {recipe.accum} (accum) x {world_size} (processes); "
+                        "lower --batch-size")
 
 
 def _default_workers(processes: int) -> int:
@@ -103,7 +127,10 @@ def _launch_and_spec(*, recipe: Recipe, data, image_column, label_column, stream
         raise UserError("--keep and --log-every must be >= 1 and --save-every >= 0")
     if resume not in (None, "auto") and not Path(resume).exists():
         raise UserError(f"--resume {resume}: no such checkpoint")
-    info = describe_source(data, image_column=image_column, label_column=label_column)
+    info = describe_source(data, image_column=image_column, label_column=label_column, streaming=streaming)
+    if streaming and not info.train_size:
+        raise UserError(f"--data {data}: the stream does not record how many training images it holds, which "
+                        "--streaming needs for the epoch length; drop --streaming to read the dataset through the cache")
     num_classes = recipe.num_classes or info.num_classes
     if recipe.num_classes and info.num_classes and recipe.num_classes != info.num_classes:
         raise UserError(f"the recipe has {recipe.num_classes} classes but {data} has {info.num_classes}")
@@ -116,7 +143,9 @@ def _launch_and_spec(*, recipe: Recipe, data, image_column, label_column, stream
         if skip_nonfinite:
             raise UserError("--skip-nonfinite is not available with DeepSpeed, which steps inside backward")
     plan = launch.plan(gpus, nodes, node_rank, main_addr, main_port, deepspeed=bool(ds_path))
+    _check_one_step_fits(data, info.train_size, recipe, plan.processes * plan.nodes)
     out = (output or default_run_dir(recipe.variant, prefix)).resolve()
+    _refuse_earlier_run(out, resuming=resume is not None)
     runner.prepare_run_dir(out, resuming=resume is not None)
     if resume is not None and (out / "run.json").is_file():
         previous = RunSpec.load(out / "run.json")
@@ -125,6 +154,7 @@ def _launch_and_spec(*, recipe: Recipe, data, image_column, label_column, stream
     spec = RunSpec(
         recipe=recipe.model_dump(mode="json"), data=data, output=str(out), image_column=info.image_column,
         label_column=info.label_column, train_split="train", val_split=info.val_split, streaming=streaming,
+        train_size=info.train_size,
         workers=workers if workers is not None else _default_workers(plan.processes), save_every=save_every,
         keep=keep, resume=resume, log_with=_resolve_logging(log_with), max_steps=max_steps, compile=compile,
         grad_ckpt=grad_ckpt, channels_last=channels_last, precision=precision,
@@ -270,6 +300,8 @@ def evaluate_command(
     if json_output:
         typer.echo(json.dumps(result))
     else:
+        unreadable = f"; {result['skipped']} unreadable images skipped" if result.get("skipped") else ""
         typer.echo(f"{checkpoint}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  on {result['count']} "
-                   f"images at {result['resolution']} (crop_pct {result['crop_pct']}, {result['processes']} process(es))")
+                   f"images at {result['resolution']} (crop_pct {result['crop_pct']}, {result['processes']} "
+                   f"process(es){unreadable})")
     return 0

@@ -89,8 +89,19 @@ def describe_stream(source: str, kind: str, *, image_column: str | None, label_c
         if next(iter(stream.select_columns([label_col]).take(1)), None) is None:
             raise UserError(f"--data {source}: the '{name}' split is empty")
         recorded = stream.info.splits.get(name) if stream.info.splits else None
-        sizes.append(int(recorded.num_examples) if recorded is not None else 0)
+        if recorded is not None:
+            sizes.append(int(recorded.num_examples))
+        elif kind == "parquet":  # the row count is in each file's footer: no need to read the rows
+            sizes.append(_parquet_rows(parquet_data_files(source).get(name, [])))
+        else:
+            sizes.append(0)
     return SourceInfo(kind, len(names), names, sizes[0], sizes[1], image_col, label_col, val_name, train_split)
+
+
+def _parquet_rows(files: list[str]) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(file).metadata.num_rows for file in files)
 
 
 def open_stream(source: str, kind: str, split: str, *, image_column: str | None,
