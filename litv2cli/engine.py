@@ -35,7 +35,7 @@ from litv2cli.progress import TrainProgress
 from litv2cli.runs import MetricsLog, RunSpec
 from litv2cli.sampler import ResumableDistributedSampler
 from litv2cli.seeding import SeededItems
-from litv2cli.weights import initialise_from
+from litv2cli.weights import check_deepspeed_shards, initialise_from
 
 log = logging.getLogger(__name__)
 
@@ -212,15 +212,22 @@ def train(spec: RunSpec, *, on_eval: EvalCallback | None = None) -> dict[str, An
             skipped_images = 0
             window_start, window_images, window_loss, window_count = time.perf_counter(), 0, 0.0, 0
             for images, labels, num_skipped in loader:
+                if state.position >= per_rank:  # a stream runs on past the epoch's end
+                    break
                 skipped_images += num_skipped
                 state.position += recipe.batch_size
+                if mixup is not None and images.shape[0] % 2:  # Mixup pairs samples; a corrupt image left one over
+                    images, labels = images[:-1], labels[:-1]
+                # Unreadable images can leave a batch too small to train on (batch norm needs two
+                # samples); every rank then skips this batch together, so collectives stay in step.
+                unusable = accelerator.reduce(torch.tensor([float(images.shape[0] < 2)], device=device), "sum")
+                if unusable.item() > 0:
+                    continue
                 images = images.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
                 if spec.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 if mixup is not None:
-                    if images.shape[0] % 2:  # Mixup pairs samples; a corrupt image left one over
-                        images, labels = images[:-1], labels[:-1]
                     images, targets = mixup(images, labels)
                 else:
                     targets = labels
@@ -382,6 +389,9 @@ def resume(accelerator: Accelerator, run_dir: Path, resume_from: str, ema) -> Tr
     for path in reversed(candidates):
         failed = 0.0
         try:
+            for shards in sorted(path.glob("pytorch_model*")):  # DeepSpeed's loader unpickles without weights_only
+                if shards.is_dir():
+                    check_deepspeed_shards(path, shards.name)
             accelerator.load_state(str(path))
             state = checkpointing.read_state(path)
             if state.world_size != accelerator.num_processes:

@@ -89,11 +89,52 @@ def _from_deepspeed(path: Path) -> dict[str, torch.Tensor]:
     tag = None
     if (path / "pytorch_model").is_dir() and not (path / "latest").is_file():
         path, tag = path, "pytorch_model"
+    check_deepspeed_shards(path, tag)
     try:
         state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag)
     except (FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:
         raise UserError(f"{path}: cannot consolidate the DeepSpeed checkpoint ({exc})") from None
     return {k: v for k, v in state.items()}
+
+
+# What DeepSpeed pickles into ZeRO shards besides tensors and plain data: records and an enum
+# that only hold values. Anything else in a shard is refused.
+DEEPSPEED_SHARD_GLOBALS = (
+    ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
+    ("deepspeed.utils.tensor_fragment", "fragment_address"),
+    ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+    ("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler"),
+)
+
+
+def check_deepspeed_shards(path: Path, tag: str | None) -> None:
+    """Read every shard with the weights-only unpickler first.
+
+    DeepSpeed's consolidation (`zero_to_fp32`) loads its shards with `weights_only=False`, so a
+    crafted shard would run code there; a shard that passes this check holds only tensors, plain
+    data and the classes in `DEEPSPEED_SHARD_GLOBALS`. The check memory-maps each shard, so it
+    adds little RAM to the consolidation that reads them again.
+    """
+    import importlib
+    import pickle
+    import re
+
+    if tag is None:
+        try:
+            tag = (path / "latest").read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: unreadable DeepSpeed 'latest' file ({exc.__class__.__name__})") from None
+    allowed = [getattr(importlib.import_module(module), name) for module, name in DEEPSPEED_SHARD_GLOBALS]
+    for shard in sorted((path / tag).glob("*.pt")):
+        try:
+            with torch.serialization.safe_globals(allowed):
+                torch.load(shard, map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError as exc:
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            reason = f"it pickles {found.group(1)}" if found else "it holds pickled objects other than tensors"
+            raise UserError(f"{shard} refused: {reason}, which could run code when loaded") from None
+        except (RuntimeError, OSError, EOFError, ValueError) as exc:
+            raise UserError(f"{shard}: not a readable DeepSpeed shard ({exc.__class__.__name__})") from None
 
 
 def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], *, source: str,

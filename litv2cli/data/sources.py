@@ -239,16 +239,23 @@ def list_folder_split(split_dir: Path, classes: list[str]) -> tuple[list[str], l
     return paths, labels
 
 
+def _refuse_empty_classes(source: str, split_dir: Path, classes: list[str], labels: list[int]) -> None:
+    """Every class of the training split needs an image file: a class with none could never be
+    learnt, and dropping its folder would renumber every class after it."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
+    if not counts.any():
+        raise UserError(f"--data {source}: the '{split_dir.name}' split holds no images "
+                        f"({', '.join(IMAGE_EXTENSIONS)})")
+    if (counts == 0).any():
+        empty = [classes[i] for i in np.flatnonzero(counts == 0)]
+        raise UserError(f"{split_dir}: class folder(s) {', '.join(empty[:5])} hold no images")
+
+
 def _describe_folder(source: str, train_split: str, val_split: str) -> SourceInfo:
     root = Path(source).expanduser()
     classes = _folder_classes(root, train_split)
     _, labels = list_folder_split(root / train_split, classes)
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
-    if not counts.any():
-        raise UserError(f"--data {source}: the '{train_split}' split holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    if (counts == 0).any():
-        empty = [classes[i] for i in np.flatnonzero(counts == 0)]
-        raise UserError(f"{root / train_split}: class folder(s) {', '.join(empty[:5])} hold no images")
+    _refuse_empty_classes(source, root / train_split, classes, labels)
     val_name = _folder_val_name(root, val_split)
     val_paths, _ = list_folder_split(root / val_name, classes)
     if not val_paths:
@@ -264,6 +271,8 @@ def _open_folder(source: str, split: str) -> FileSplit:
     if name is None:
         raise UserError(f"--data {source}: no '{split}' folder")
     paths, labels = list_folder_split(root / name, classes)
+    if name == "train":
+        _refuse_empty_classes(source, root / name, classes, labels)
     if not paths:
         raise UserError(f"--data {source}: the '{name}' split holds no images")
     return FileSplit(str(root / name), paths, labels, classes)

@@ -28,6 +28,11 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, TypeError, struct.e
 
 Transform = Callable[[Image.Image], Any]
 
+# Longest side over shortest side beyond which an image is refused as unreadable. The eval
+# transform resizes the short side to about the input size, so a 1x30000 strip would become a
+# 256x7.7M image (6 GB) at 224; no photograph is that elongated.
+MAX_ASPECT_RATIO = 100
+
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB for any PIL mode; 16-bit and float greyscale are rescaled to 8 bits, not clipped."""
@@ -51,13 +56,18 @@ def decode_image(data: str | bytes) -> Image.Image:
     """Decode a file path or encoded bytes fully, here and now.
 
     PIL opens lazily; loading explicitly makes a truncated file fail inside this call, where
-    the caller turns it into `None`, instead of later inside a transform. Warnings (corrupt
+    the caller turns it into `None`, instead of later inside a transform. Images larger than
+    PIL's decompression-bomb limit (about 179M pixels) and strips more elongated than
+    `MAX_ASPECT_RATIO` raise here too, before any pixel is decoded. Warnings (corrupt
     EXIF, large images) are silenced so that a bad file does not print once per epoch per worker.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         handle = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else open(data, "rb")
         with handle, Image.open(handle) as image:
+            if max(image.size) > MAX_ASPECT_RATIO * max(min(image.size), 1):
+                raise ValueError(f"{image.size[0]}x{image.size[1]} image is more elongated than "
+                                 f"{MAX_ASPECT_RATIO}:1")
             image.load()
             return to_rgb(image)
 
