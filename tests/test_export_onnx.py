@@ -42,6 +42,10 @@ def operators(path) -> set[str]:
     return {node.op_type for node in onnx.load(str(path)).graph.node}
 
 
+def opset(path) -> int:
+    return next(o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx"))
+
+
 def input_dims(path) -> list[str | int]:
     dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
     return [d.dim_param or d.dim_value for d in dims]
@@ -59,7 +63,7 @@ def test_litv2_s_from_an_official_checkpoint_runs_in_onnxruntime_like_pytorch(tm
     result = export_checked(source.model, tmp_path / "litv2-s.onnx", plan)
 
     assert result.verification.max_difference <= ATOL
-    assert "DeformConv" in operators(result.path)
+    assert "DeformConv" in operators(result.path) and opset(result.path) == 19
     assert input_dims(result.path) == ["batch", 3, "32*height_over_32", "32*width_over_32"]
     for shape in [(1, 3, 224, 224), (3, 3, 224, 224)]:
         assert onnxruntime_vs_pytorch(result.path, trained, shape) <= ATOL
@@ -72,10 +76,11 @@ def test_gridsample_form_with_hilo_padding_uses_standard_operators_and_matches(t
     model = with_learned_offsets(create_model("t", num_classes=10, local_ws=(0, 0, 3, 2)))
     plan = plan_export(model, OnnxExportOptions(resolution=(64, 96), deform_conv="gridsample"))
     assert not plan.dynamic_spatial and "window 3 in stage 3" in plan.static_reason
-    assert plan.opset == 17
+    assert plan.opset == 18
 
     result = export_checked(model, tmp_path / "t.onnx", plan)
 
+    assert opset(result.path) == 18
     found = operators(result.path)
     assert {"GridSample", "Pad"} <= found and "DeformConv" not in found
     assert input_dims(result.path) == ["batch", 3, 64, 96]
@@ -95,7 +100,7 @@ def test_sizes_that_change_hilo_padding_cannot_be_dynamic():
 
 @pytest.mark.parametrize(("options", "message"), [
     (OnnxExportOptions(opset=18), "DeformConv is opset 19"),
-    (OnnxExportOptions(opset=16, deform_conv="gridsample"), "use 17 to"),
+    (OnnxExportOptions(opset=17, deform_conv="gridsample"), "use 18 to"),
     (OnnxExportOptions(opset=26), "use 19 to 25"),
     (OnnxExportOptions(deform_conv="plugin"), "--deform-conv 'plugin'"),
     (OnnxExportOptions(resolution=(224, 100)), "multiples of 32"),

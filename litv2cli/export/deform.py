@@ -10,7 +10,7 @@ weights is then exactly the deformable convolution. `grid_sample` with zero padd
 `torchvision.ops.deform_conv2d` and of ONNX `DeformConv`, so the two agree to float rounding.
 
 Runtimes without a `DeformConv` kernel (onnxruntime before 2026, TensorRT without a plugin)
-run this form; it needs opset 16 for GridSample.
+run this form; GridSample is opset 16, and the exporter writes it from opset 18 on.
 """
 
 from __future__ import annotations

@@ -13,9 +13,11 @@ What is dynamic:
   sizes and not for others. HiLo pads a map to a multiple of its window s; a stage at stride r
   sees maps that are multiples of 32 / r, so the padding is the same (none) for every input
   exactly when s divides 32 / r. The paper's windows (2 at stride 16, 1 at stride 32) qualify.
-  Other windows (e.g. 4 at stride 16) make the padding a Python decision on the size, which the
-  trace fixes at the example size: those files get a fixed height and width, with the padding
-  (ONNX `Pad`) inside.
+  Other windows (e.g. 4 at stride 16) make the padding a Python decision on the size, which one
+  exported graph cannot hold for every size: those files get a fixed height and width, with the
+  padding (ONNX `Pad`) inside.
+- The runtime does not enforce "multiples of 32": other sides fail inside the graph (a
+  `Reshape`) or, where they floor to the same maps, give what PyTorch gives.
 
 Every export is checked before it is kept: it is written to a temporary file next to the
 output, passed through `onnx.checker`, run in onnxruntime on random inputs (every dynamic axis
@@ -38,8 +40,10 @@ from litv2cli.errors import UserError
 
 DEFORM_CONV_FORMS = ("native", "gridsample")  # ONNX DeformConv, or GridSample + Conv (deform.py)
 SPATIAL_MODES = ("auto", "dynamic", "static")
-# Lowest opset holding the graph: DeformConv is opset 19; LayerNormalization 17 (GridSample 16).
-MIN_OPSET = {"native": 19, "gridsample": 17}
+# Lowest opset per form: DeformConv is opset 19. The GridSample form's operators exist at 17, but
+# PyTorch's exporter writes 18 and reaches 17 only through onnx's version converter, which has no
+# Pad adapter down to 17 and then keeps 18 with no error: 18 is the lowest it writes faithfully.
+MIN_OPSET = {"native": 19, "gridsample": 18}
 # Newest opset the exporter here translates and onnxruntime 1.32 runs: at 26 the onnx version
 # converter has no DeformConv adapter and writes an invalid file.
 MAX_OPSET = 25
@@ -154,13 +158,13 @@ def plan_export(model: nn.Module, options: OnnxExportOptions) -> ExportPlan:
     lowest = MIN_OPSET[options.deform_conv]
     opset = lowest if options.opset is None else options.opset
     if not lowest <= opset <= MAX_OPSET:
-        hint = " (ONNX DeformConv is opset 19; --deform-conv gridsample needs 17)" if opset < lowest else ""
+        hint = " (ONNX DeformConv is opset 19; --deform-conv gridsample needs 18)" if opset < lowest else ""
         raise ExportError(f"--opset {opset} cannot hold this graph with --deform-conv {options.deform_conv}: "
                           f"use {lowest} to {MAX_OPSET}{hint}")
     reasons = size_dependent_padding(model)
     if options.spatial == "dynamic" and reasons:
-        raise ExportError(f"dynamic height/width cannot be exported: {reasons[0]}, a choice the trace would fix; "
-                          f"use --spatial static (or auto) for a file at fixed {height}x{width}")
+        raise ExportError(f"dynamic height/width cannot be exported: {reasons[0]}, which one graph cannot "
+                          f"hold; use --spatial static (or auto) for a file at fixed {height}x{width}")
     dynamic_spatial = options.spatial == "dynamic" or (options.spatial == "auto" and not reasons)
     if dynamic_spatial:
         static_reason = None
@@ -223,6 +227,10 @@ def export_onnx(model: nn.Module, path: str | Path, plan: ExportPlan, metadata: 
         cause = exc.__cause__ or exc
         first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
         raise ExportError(f"torch.onnx.export failed: {first_line}") from exc
+    written = program.model.opset_imports.get("", plan.opset)
+    if written != plan.opset:  # the version converter fell back to the exporter's own opset
+        raise ExportError(f"torch.onnx.export wrote opset {written}, not the requested {plan.opset}; "
+                          f"use --opset {written} or later; nothing written")
     program.model.metadata_props.update({
         "litv2.input": plan.input_description(),
         "litv2.deform_conv": "ONNX DeformConv" if plan.deform_conv == "native" else "GridSample + Conv",

@@ -7,13 +7,17 @@ workers not spinning (they would steal cores from PyTorch between interleaved st
 the order reversed every other round, timed with `time.perf_counter`. Each engine's result is
 the median images/s of its steps, with its spread (IQR / median, as in `litv2cli.measure`).
 Interleaving makes a load change on a shared machine hit every engine alike, so the ratio is
-the number to trust, not the absolute speeds. The 1-minute load average is recorded before
-and after: on an oversubscribed machine PyTorch's OpenMP pool (which waits by spinning) loses
-far more than onnxruntime's, so a ratio taken under load overstates onnxruntime's lead.
+the number to trust, not the absolute speeds. It is the median of the per-round ratios (each
+engine's step against the other's in the same round, moments apart), with their quartiles:
+pairing cancels load changes that a ratio of the two medians, from different rounds, keeps.
+The 1-minute load average is recorded before and after: on an oversubscribed machine
+PyTorch's OpenMP pool (which waits by spinning) loses far more than onnxruntime's, so a ratio
+taken under load with more than one thread overstates onnxruntime's lead.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -25,13 +29,27 @@ import torch
 from torch import nn
 
 from litv2cli.export.onnx import INPUT_NAME, open_session
-from litv2cli.measure import MAX_SPREAD, relative_spread
+from litv2cli.measure import relative_spread
 
 
 @dataclass(frozen=True)
 class EngineTiming:
     images_per_s: float  # median over the steps
     spread: float  # IQR / median of the steps' images/s
+    samples: tuple[float, ...] = ()  # images/s of each round's step, in round order
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """One engine's throughput over another's: the median and quartiles of the per-round ratios."""
+
+    value: float
+    low: float  # first quartile
+    high: float  # third quartile
+
+    @property
+    def spread(self) -> float:
+        return (self.high - self.low) / self.value if self.value > 0 else math.inf
 
 
 @dataclass(frozen=True)
@@ -46,18 +64,21 @@ class SideBySide:
     rounds: int
     load_average: tuple[float, float]  # 1-minute load average before and after the timing
 
-    @property
-    def stable(self) -> bool:
-        return all(engine.spread <= MAX_SPREAD for engine in self.engines.values())
-
-    def ratio(self, engine: str, baseline: str = "pytorch") -> float:
-        return self.engines[engine].images_per_s / self.engines[baseline].images_per_s
+    def ratio(self, engine: str, baseline: str = "pytorch") -> Ratio:
+        """`engine`'s images/s over `baseline`'s, round by round."""
+        rounds = [a / b for a, b in zip(self.engines[engine].samples, self.engines[baseline].samples)]
+        if len(rounds) < 2:
+            value = rounds[0] if rounds else self.engines[engine].images_per_s / self.engines[baseline].images_per_s
+            return Ratio(value, value, value)
+        low, median, high = statistics.quantiles(rounds, n=4, method="inclusive")
+        return Ratio(median, low, high)
 
     @property
     def protocol(self) -> str:
         height, width = self.resolution
-        return (f"inference, batch {self.batch_size}, {height}x{width}, float32, CPU with {self.threads} threads per "
-                f"engine, {self.warmup} warm-up steps, median of {self.rounds} interleaved rounds, load average "
+        threads = f"{self.threads} thread{'s' if self.threads > 1 else ''}"
+        return (f"inference, batch {self.batch_size}, {height}x{width}, float32, CPU with {threads} per engine, "
+                f"{self.warmup} warm-up steps, median of {self.rounds} interleaved rounds, load average "
                 f"{self.load_average[0]:.1f} before / {self.load_average[1]:.1f} after on {os.cpu_count()} cores")
 
 
@@ -76,7 +97,8 @@ def time_interleaved(steps: dict[str, Callable[[], object]], *, batch_size: int,
             begin = time.perf_counter()
             steps[name]()
             samples[name].append(batch_size / (time.perf_counter() - begin))
-    return {name: EngineTiming(statistics.median(values), relative_spread(values)) for name, values in samples.items()}
+    return {name: EngineTiming(statistics.median(values), relative_spread(values), tuple(values))
+            for name, values in samples.items()}
 
 
 def time_onnxruntime_vs_pytorch(model: nn.Module, onnx_files: dict[str, str | Path], *, batch_size: int,
