@@ -7,19 +7,67 @@ import torch
 from torch import nn
 
 from litv2cli.models import ATTENTIONS, HiLo, HiLoReference
-from litv2cli.models.hilo import split_heads
+from litv2cli.models.hilo import split_heads, uses_bands
 
-MAPS = [(8, 8), (7, 9), (5, 3), (14, 14)]  # multiples of the window and sizes that need padding
+# Multiples of the window and sizes that need padding; the last one is wide enough that every
+# window > 1 takes the window-partition path instead of masked bands (`uses_bands`).
+MAPS = [(8, 8), (7, 9), (5, 3), (14, 14), (3, 70)]
+WINDOWS = [1, 2, 3, 4]
+ALPHAS = [0.0, 0.3, 0.5, 0.9, 1.0]
 
 
-@pytest.mark.parametrize(("window", "alpha"), list(itertools.product([1, 2, 3, 4], [0.0, 0.3, 0.5, 0.9, 1.0])))
-def test_fast_hilo_matches_reference_on_padded_and_unpadded_maps(window, alpha):
+def fast_and_reference(window: int, alpha: float, qkv_bias: bool = True, dim: int = 96, heads: int = 6):
     torch.manual_seed(window)
-    fast = HiLo(96, 6, window, alpha)
-    reference = HiLoReference(96, 6, window, alpha)
+    fast = HiLo(dim, heads, window, alpha, qkv_bias=qkv_bias)
+    reference = HiLoReference(dim, heads, window, alpha, qkv_bias=qkv_bias)
     reference.load_state_dict(fast.state_dict(), strict=True)
+    return fast, reference
+
+
+def test_test_maps_cover_both_hifi_paths():
+    for window in WINDOWS[1:]:
+        paths = {uses_bands(window, window * -(-width // window)) for _, width in MAPS}
+        assert paths == {True, False}, window
+
+
+@pytest.mark.parametrize(("window", "alpha"), list(itertools.product(WINDOWS, ALPHAS)))
+def test_fast_hilo_matches_reference_on_padded_and_unpadded_maps(window, alpha):
+    fast, reference = fast_and_reference(window, alpha)
     for height, width in MAPS:
         x = torch.randn(2, height * width, 96)
+        torch.testing.assert_close(fast(x, height, width), reference(x, height, width), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("window", "alpha"), [(1, 0.5), (2, 0.5), (2, 0.0), (3, 1.0)])
+def test_fast_hilo_matches_reference_without_qkv_bias(window, alpha):
+    fast, reference = fast_and_reference(window, alpha, qkv_bias=False)
+    for height, width in MAPS:
+        x = torch.randn(2, height * width, 96)
+        torch.testing.assert_close(fast(x, height, width), reference(x, height, width), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("window", "alpha"), [(1, 0.9), (2, 0.9), (2, 0.5), (4, 0.3)])
+def test_fast_hilo_gradients_match_reference(window, alpha):
+    # The training step: the same gradients for the input and for every weight.
+    fast, reference = fast_and_reference(window, alpha)
+    for height, width in [(7, 9), (3, 70)]:
+        x = torch.randn(2, height * width, 96)
+        upstream = torch.randn(2, height * width, 96)
+        grads = []
+        for module in (fast, reference):
+            module.zero_grad(set_to_none=True)
+            inputs = x.clone().requires_grad_(True)
+            (module(inputs, height, width) * upstream).sum().backward()
+            grads.append([inputs.grad] + [param.grad for param in module.parameters()])
+        for fast_grad, reference_grad in zip(*grads):
+            torch.testing.assert_close(fast_grad, reference_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_hilo_matches_reference_at_litv2_s_stage_3_width():
+    # The benchmarked layer (dim 384, 12 heads, s = 2, alpha 0.9) on its 14 x 14 map and a padded one.
+    fast, reference = fast_and_reference(2, 0.9, dim=384, heads=12)
+    for height, width in [(14, 14), (13, 15)]:
+        x = torch.randn(4, height * width, 384)
         torch.testing.assert_close(fast(x, height, width), reference(x, height, width), rtol=0, atol=1e-5)
 
 

@@ -2,10 +2,11 @@
 
 Inside one LITv2 backbone (LITv2-S by default) HiLo is replaced by each compared attention
 (`litv2cli.models.attentions`: MSA, SRA, W-MSA, T-MSA) and every variant is measured at every
-resolution: FLOPs, inference throughput, test and train memory. Per resolution, memory is
-measured first, one model at a time; then the throughput of all variants that fit, interleaved.
-A variant that runs out of memory (CUDA) or past the step time budget (CPU, where memory is
-rarely the limit but time is) is marked so and not tried at larger resolutions.
+resolution: FLOPs, inference throughput, test and train memory. Memory is measured first, one
+model at a time, resolution by resolution: a variant that runs out of memory (CUDA) or past
+the step time budget (CPU, where memory is rarely the limit but time is) is marked so and not
+tried at larger resolutions. Then, resolution by resolution, the throughput of all variants
+that fit, interleaved (on a CPU the whole plan in one fresh process, `litv2cli.bench.measuring`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from litv2cli.bench.measuring import OK, Outcome, interleaved_throughput, peak_memory_mib
+from litv2cli.bench.measuring import OK, Outcome, Plan, peak_memory_mib, planned_throughput
 from litv2cli.bench.protocol import BenchSettings
 from litv2cli.models import count_flops, count_params, create_model
 from litv2cli.models.attentions import alternate_blocks
@@ -65,24 +66,27 @@ def run_attention_bench(attentions: list[str], resolutions: list[tuple[int, int]
                         variant: str = "s", progress: Callable[[str], None] | None = None) -> list[AttentionRow]:
     """Every attention at every resolution; see the module docstring for the order of measurements."""
     say = progress or (lambda message: None)
+    # One backbone per attention serves every resolution: nothing in it depends on the map size.
+    models = {name: build_attention_backbone(name, variant) for name in attentions}
     stopped: dict[str, str] = {}  # attention -> why it is not run at larger resolutions
     no_training: dict[str, str] = {}  # attention -> why its train step is not run any more
-    rows = []
+    memory: dict[tuple[str, tuple[int, int]], tuple[Outcome, Outcome]] = {}
+    plan: Plan = []
     for resolution in resolutions:
-        models = {name: build_attention_backbone(name, variant) for name in attentions}
-        memory: dict[str, tuple[Outcome, Outcome]] = {}
         for name, model in models.items():
             if name in stopped:
-                memory[name] = (Outcome(None, stopped[name]), Outcome(None, stopped[name]))
+                memory[name, resolution] = (Outcome(None, stopped[name]), Outcome(None, stopped[name]))
                 continue
-            memory[name] = _memory(name, model, settings, resolution, no_training, say)
-            if memory[name][0].status != OK:
-                stopped[name] = memory[name][0].status
-        runnable = {name: models[name] for name in attentions if name not in stopped}
-        say(f"throughput at {resolution[0]}x{resolution[1]}: {', '.join(runnable) or 'nothing fits'}")
-        speed = interleaved_throughput(runnable, settings, resolution) if runnable else {}
+            memory[name, resolution] = _memory(name, model, settings, resolution, no_training, say)
+            if memory[name, resolution][0].status != OK:
+                stopped[name] = memory[name, resolution][0].status
+        plan.append((resolution, [name for name in attentions if name not in stopped]))
+    say("throughput: " + "; ".join(f"{h}x{w}: {', '.join(names) or 'nothing fits'}" for (h, w), names in plan))
+    speeds = planned_throughput(models, settings, plan)
+    rows = []
+    for (resolution, _), speed in zip(plan, speeds):
         for name in attentions:
-            test, train = memory[name]
+            test, train = memory[name, resolution]
             measured = speed.get(name)
             status = OK if test.status == OK and train.status == OK else (
                 test.status if test.status != OK else f"train: {train.status}")

@@ -58,15 +58,21 @@ def is_litv2(name: str) -> bool:
     return key.startswith("litv2_") and key.removeprefix("litv2_") in VARIANTS
 
 
+def check_model_names(names: list[str]) -> None:
+    """Reject a name that is neither `litv2_<v>[_reference]` nor a timm model, before any work starts."""
+    for name in names:
+        if not is_litv2(name) and not timm.is_model(name):
+            raise UserError(f"unknown model {name!r}: use litv2_s, litv2_m, litv2_b (or litv2_<v>_reference) "
+                            f"or a timm model name such as swin_tiny_patch4_window7_224")
+
+
 def build_model(name: str, resolution: tuple[int, int]) -> nn.Module:
     """An eval-mode model with random weights: `litv2_<v>[_reference]` or any timm model name."""
+    check_model_names([name])
     if is_litv2(name):
         variant = name.removesuffix(REFERENCE_SUFFIX).removeprefix("litv2_")
         attention = "hilo_reference" if name.endswith(REFERENCE_SUFFIX) else "hilo"
         return create_model(variant, attention=attention).eval()
-    if not timm.is_model(name):
-        raise UserError(f"unknown model {name!r}: use litv2_s, litv2_m, litv2_b (or litv2_<v>_reference) "
-                        f"or a timm model name such as swin_tiny_patch4_window7_224")
     try:  # transformers with a fixed patch grid need the size at construction
         return timm.create_model(name, pretrained=False, img_size=resolution).eval()
     except TypeError:

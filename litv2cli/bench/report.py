@@ -10,31 +10,40 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
-# (key, header, format) of the columns each table shows.
+# (key, header, format) of the columns each table shows. Headers are short and units sit on a
+# second line so that the widest table (a 28-character timm name) fits 80 columns untruncated;
+# LEGEND spells the abbreviations out under the table.
 Column = tuple[str, str, str]
 MODEL_COLUMNS: list[Column] = [
-    ("model", "Model", "{}"), ("params_m", "Params (M)", "{:.2f}"), ("gflops", "GFLOPs", "{:.2f}"),
-    ("images_per_s", "Throughput (images/s)", "{:.1f}"), ("spread", "Spread", "{:.0%}"),
-    ("train_memory_mib", "Train mem (MiB)", "{:.0f}"), ("test_memory_mib", "Test mem (MiB)", "{:.0f}"),
+    ("model", "Model", "{}"), ("params_m", "Params\n(M)", "{:.2f}"), ("gflops", "GFLOPs", "{:.2f}"),
+    ("images_per_s", "Speed\n(img/s)", "{:.1f}"), ("spread", "±", "{:.0%}"),
+    ("train_memory_mib", "Train\n(MiB)", "{:.0f}"), ("test_memory_mib", "Test\n(MiB)", "{:.0f}"),
     ("status", "Status", "{}"),
 ]
 ATTENTION_COLUMNS: list[Column] = [
-    ("label", "Attention", "{}"), ("resolution", "Resolution", "{}"), ("params_m", "Params (M)", "{:.2f}"),
-    ("gflops", "GFLOPs", "{:.2f}"), ("images_per_s", "Throughput (images/s)", "{:.1f}"),
-    ("spread", "Spread", "{:.0%}"), ("train_memory_mib", "Train mem (MiB)", "{:.0f}"),
-    ("test_memory_mib", "Test mem (MiB)", "{:.0f}"), ("status", "Status", "{}"),
+    ("label", "Attention", "{}"), ("resolution", "Size", "{}"), ("params_m", "Params\n(M)", "{:.2f}"),
+    ("gflops", "GFLOPs", "{:.2f}"), ("images_per_s", "Speed\n(img/s)", "{:.1f}"), ("spread", "±", "{:.0%}"),
+    ("train_memory_mib", "Train\n(MiB)", "{:.0f}"), ("test_memory_mib", "Test\n(MiB)", "{:.0f}"),
+    ("status", "Status", "{}"),
 ]
+LEGEND = ("Speed: median images/s; ±: its interquartile range / median; Train, Test: peak memory of one "
+          "training or inference step; -: not measured (see Status).")
 ATTENTION_METRICS = [("gflops", "GFLOPs"), ("images_per_s", "Throughput (images/s)"),
                      ("train_memory_mib", "Train memory (MiB)"), ("test_memory_mib", "Test memory (MiB)")]
+TEXT_COLUMNS = ("model", "label", "status", "resolution")
 
 
 def render_table(title: str, rows: Sequence[dict[str, Any]], columns: list[Column], caption: str) -> Table:
     """A rich table; values that were not measured show as '-'."""
-    table = Table(title=title, caption=caption, caption_justify="left")
+    table = Table(title=title, caption=f"{LEGEND}\n{caption}", caption_justify="left", box=box.HORIZONTALS,
+                  show_edge=False, pad_edge=False, collapse_padding=True)
     for key, header, _ in columns:
-        table.add_column(header, justify="left" if key in ("model", "label", "status", "resolution") else "right")
+        # Names never wrap (a wrapped model name reads as two models); the status may.
+        table.add_column(header, justify="left" if key in TEXT_COLUMNS else "right",
+                         no_wrap=key in ("model", "label", "resolution"))
     for row in rows:
         table.add_row(*(_cell(row.get(key), fmt) for key, _, fmt in columns))
     return table

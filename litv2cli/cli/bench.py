@@ -4,6 +4,7 @@ measured on the device at hand (CUDA when present, else CPU)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -26,9 +27,9 @@ Attentions = Annotated[str, typer.Option(
 BatchSize = Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per step (default 64 on CUDA, "
                                                 "4 on CPU).")]
 Repeats = Annotated[int | None, typer.Option("--repeats", min=1, help="Timed steps per model; the median is kept "
-                                              "(default 30 on CUDA, 3 on CPU).")]
+                                              "(default 30; fewer for a quick look on a CPU).")]
 Warmup = Annotated[int | None, typer.Option("--warmup", min=0, help="Untimed steps per model first (default 10 on "
-                                             "CUDA, 1 on CPU).")]
+                                             "CUDA, 2 on CPU).")]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile every model before timing (memory is "
                                        "measured eager).")]
 CompileMode = Annotated[str, typer.Option("--compile-mode", help="torch.compile mode with --compile: default, "
@@ -57,10 +58,12 @@ def model_command(models: Models = None, res: Res = "224", batch_size: BatchSize
                   dtype: Dtype = "auto", mode: StepMode = "infer", no_memory: NoMemory = False, plot: Plot = False,
                   output: Output = None, json_output: JsonOutput = False) -> None:
     """Table 1 of the paper on this device: params, GFLOPs, throughput, train and test memory."""
-    from litv2cli.bench.models import DEFAULT_MODELS, run_model_bench
+    from litv2cli.bench.models import DEFAULT_MODELS, check_model_names, run_model_bench
 
     names = _split(models) if models else list(DEFAULT_MODELS)
+    check_model_names(names)
     resolution = parse_resolution(res)
+    _check_output(output)
     _check_choice("--mode", mode, ("infer", "train"))
     settings = _settings(batch_size, warmup, repeats, dtype, compile, compile_mode, not no_memory, None)
     _progress(json_output)(f"measuring {len(names)} models on {settings.device} (batch {settings.batch_size})")
@@ -82,10 +85,12 @@ def attention_command(attentions: Attentions = "msa,sra,w_msa,t_msa,hilo", res: 
     unknown = [name for name in names if name not in ATTENTION_LABELS]
     if unknown:
         raise UserError(f"--attentions: unknown {', '.join(unknown)}; choose from {', '.join(ATTENTION_LABELS)}")
+    variant = check_variant(variant)
+    _check_output(output)
     settings = _settings(batch_size, warmup, repeats, dtype, compile, compile_mode, not no_memory, budget_s)
     defaults = GPU_RESOLUTIONS if settings.device.type == "cuda" else CPU_RESOLUTIONS
     resolutions = [parse_resolution(text) for text in (_split(res) if res else defaults)]
-    rows = [row.as_dict() for row in run_attention_bench(names, resolutions, settings, variant=check_variant(variant),
+    rows = [row.as_dict() for row in run_attention_bench(names, resolutions, settings, variant=variant,
                                                           progress=_progress(json_output))]
     sizes = ", ".join(f"{h}x{w}" for h, w in resolutions)
     protocol = f"LITv2-{variant.upper()} backbone, inference throughput; " + settings.protocol(sizes)
@@ -97,6 +102,17 @@ def _split(text: str) -> list[str]:
     if not items:
         raise UserError(f"{text!r}: give at least one comma-separated value")
     return items
+
+
+def _check_output(output: Path | None) -> None:
+    """Refuse an --output that cannot become a directory now, not after minutes of measuring."""
+    if output is None:
+        return
+    existing = output.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise UserError(f"--output {output}: cannot create a directory there ({existing} is not a writable directory)")
 
 
 def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
@@ -128,7 +144,10 @@ def _finish(stem: str, title: str, rows: list[dict], protocol: str, output: Path
     payload = {"command": context.command_path, "options": options, "protocol": protocol, "rows": rows}
     if output is None and plot:
         output = Path("bench-results")
-    written = save_outputs(stem, rows, payload, output, plot) if output is not None else []
+    try:
+        written = save_outputs(stem, rows, payload, output, plot) if output is not None else []
+    except OSError as exc:
+        raise UserError(f"--output {output}: {exc.strerror or exc}") from None
     if json_output:
         typer.echo(json.dumps(payload))
         return

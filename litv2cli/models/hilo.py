@@ -4,11 +4,22 @@ Hi-Fi heads attend inside non-overlapping s x s windows (local, high frequencies
 attend from every query to keys/values of the s x s average-pooled map (global, low
 frequencies). The outputs are concatenated, Hi-Fi first, as in the official checkpoints.
 
-Both branches run on `F.scaled_dot_product_attention`, tokens stay in (B, H, W, C) order so
-the linear layers see contiguous rows, and the only copies are the window partition and its
-inverse. Maps of any size work: the normalised map is zero-padded bottom/right to a multiple
-of s and the output cropped back, as the official detection backbone (and its FLOP counter)
-does.
+Where the time goes on a CPU, and what this module does about it (`HiLoReference` is the
+paper's equations written out, and the oracle this module must equal):
+
+- The linear layers are most of the work and cannot shrink, so every projection that reads
+  the map (Hi-Fi qkv, Lo-Fi q, and Lo-Fi kv when s = 1 and there is no pooling) is one GEMM:
+  the map is read once and the GEMM is wider.
+- Both branches run on `F.scaled_dot_product_attention` (no attention matrix in memory).
+- Hi-Fi windows need no partition copy: s consecutive rows of the map are s * W consecutive
+  tokens (a band), so attention runs over each band with a mask that keeps every query in
+  its own window. The band's extra scores cost less than two copies of the window partition
+  while a band is short (`uses_bands`); longer bands fall back to the partition.
+- Lo-Fi pooling reads a channels-last view of the map and feeds `l_kv` directly (pooling
+  first: s^2 fewer rows for the GEMM than projecting first).
+
+Maps of any size work: the normalised map is zero-padded bottom/right to a multiple of s and
+the output cropped back, as the official detection backbone (and its FLOP counter) does.
 """
 
 from __future__ import annotations
@@ -16,6 +27,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# A band of s rows is attended as one masked sequence while it holds at most
+# BAND_TOKEN_BUDGET / s tokens. A longer band's extra scores cost more than the partition's
+# copies, and the larger s, the more efficient the partition's own (larger) windows, so the
+# limit falls with s. Measured on a 2-core CPU (`python benchmarks/bench_hilo.py band`):
+# s = 2 wins up to 112-token bands and loses at 168; s = 4 wins at 56 and loses at 112.
+BAND_TOKEN_BUDGET = 256
+
+
+def uses_bands(window_size: int, padded_width: int) -> bool:
+    """Whether Hi-Fi attends over masked bands (True) or over partitioned windows."""
+    return window_size * padded_width <= BAND_TOKEN_BUDGET // window_size
 
 
 def split_heads(num_heads: int, window_size: int, alpha: float) -> tuple[int, int]:
@@ -36,6 +59,14 @@ def pad_to_window(x: torch.Tensor, window_size: int) -> torch.Tensor:
     if pad_bottom or pad_right:
         x = F.pad(x, (0, 0, 0, pad_right, 0, pad_bottom))
     return x
+
+
+def band_mask(window_size: int, width: int, device: torch.device) -> torch.Tensor:
+    """(s*W, s*W) booleans over a band of s rows of width W: True where two tokens share a window."""
+    # The column window of every band token, row after row; no `% width`, which the ONNX exporter
+    # cannot translate when the width is dynamic.
+    window_of = (torch.arange(width, device=device) // window_size).repeat(window_size)
+    return window_of[:, None] == window_of[None, :]
 
 
 class HiLo(nn.Module):
@@ -61,38 +92,66 @@ class HiLo(nn.Module):
             self.h_qkv = nn.Linear(dim, 3 * self.hifi_dim, bias=qkv_bias)
             self.h_proj = nn.Linear(self.hifi_dim, self.hifi_dim)
 
-    def hifi(self, x: torch.Tensor) -> torch.Tensor:
-        """Self-attention inside each s x s window of a padded (B, Hp, Wp, C) map."""
-        B, Hp, Wp, _ = x.shape
+    def map_projections(self) -> list[str]:
+        """Names of the linear layers that read the map itself (Lo-Fi kv does when s = 1: no pooling)."""
+        names = ["h_qkv"] if self.hifi_heads else []
+        if self.lofi_heads:
+            names += ["l_q", "l_kv"] if self.window_size == 1 else ["l_q"]
+        return names
+
+    def project(self, padded: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """(Hi-Fi qkv, Lo-Fi q, Lo-Fi kv) of the (B, Hp, Wp, C) map, views of one GEMM's output;
+        None where a branch has no such projection of the map."""
+        names = self.map_projections()
+        layers = [getattr(self, name) for name in names]
+        if len(layers) == 1:
+            outputs = [layers[0](padded)]
+        else:
+            weight = torch.cat([layer.weight for layer in layers])
+            bias = torch.cat([layer.bias for layer in layers]) if layers[0].bias is not None else None
+            outputs = F.linear(padded, weight, bias).split([layer.out_features for layer in layers], dim=-1)
+        projected = dict(zip(names, outputs))
+        return projected.get("h_qkv"), projected.get("l_q"), projected.get("l_kv")
+
+    def hifi(self, qkv: torch.Tensor) -> torch.Tensor:
+        """Self-attention inside each s x s window, from the (B, Hp, Wp, 3 * hifi_dim) projection."""
+        B, Hp, Wp, _ = qkv.shape
         s, heads, hd = self.window_size, self.hifi_heads, self.head_dim
-        rows, cols = Hp // s, Wp // s
-        # Partition after the projection: 3 * hifi_dim channels to move instead of C.
-        qkv = self.h_qkv(x).view(B, rows, s, cols, s, 3, heads, hd)
-        qkv = qkv.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, B * rows * cols, heads, s * s, hd)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B*windows, heads, s*s, hd)
-        out = out.view(B, rows, cols, heads, s, s, hd).permute(0, 1, 4, 2, 5, 3, 6)  # (B, rows, s, cols, s, heads, hd)
+        if uses_bands(s, Wp):
+            qkv = qkv.reshape(B * Hp // s, s * Wp, 3, heads, hd).permute(2, 0, 3, 1, 4)  # a view
+            out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=band_mask(s, Wp, qkv.device))
+            out = out.transpose(1, 2)  # (B*Hp/s, s*Wp, heads, hd): tokens in map order again
+        else:
+            rows, cols = Hp // s, Wp // s
+            qkv = qkv.reshape(B, rows, s, cols, s, 3, heads, hd)
+            qkv = qkv.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, B * rows * cols, heads, s * s, hd)
+            out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B*windows, heads, s*s, hd)
+            out = out.view(B, rows, cols, heads, s, s, hd).permute(0, 1, 4, 2, 5, 3, 6)  # (B, rows, s, cols, s, ...)
         return self.h_proj(out.reshape(B, Hp, Wp, self.hifi_dim))
 
-    def lofi(self, x: torch.Tensor) -> torch.Tensor:
-        """Every query attends to the keys/values of the s x s average-pooled (B, Hp, Wp, C) map."""
-        B, Hp, Wp, C = x.shape
+    def lofi(self, q: torch.Tensor, padded: torch.Tensor, kv: torch.Tensor | None) -> torch.Tensor:
+        """Every query attends to the keys/values of the s x s average-pooled map. `q` is the
+        (B, Hp, Wp, lofi_dim) projection; `kv` is given when s = 1 (no pooling), else made here."""
+        B, Hp, Wp, _ = q.shape
         s, heads, hd = self.window_size, self.lofi_heads, self.head_dim
-        q = self.l_q(x).view(B, Hp * Wp, heads, hd).transpose(1, 2)  # (B, heads, Hp*Wp, hd)
-        if s > 1:
+        q = q.reshape(B, Hp * Wp, heads, hd).transpose(1, 2)  # (B, heads, Hp*Wp, hd), a view
+        if kv is None:
             # (B, C, Hp, Wp) view with channels-last strides: pooling needs no copy either way.
-            x = F.avg_pool2d(x.permute(0, 3, 1, 2), s).permute(0, 2, 3, 1)  # (B, Hp/s, Wp/s, C)
-        kv = self.l_kv(x).view(B, -1, 2, heads, hd).permute(2, 0, 3, 1, 4)  # (2, B, heads, Hp*Wp/s^2, hd)
+            pooled = F.avg_pool2d(padded.permute(0, 3, 1, 2), s).permute(0, 2, 3, 1)  # (B, Hp/s, Wp/s, C)
+            kv = self.l_kv(pooled)
+        kv = kv.reshape(B, -1, 2, heads, hd).permute(2, 0, 3, 1, 4)  # (2, B, heads, Hp*Wp/s^2, hd)
         out = F.scaled_dot_product_attention(q, kv[0], kv[1])  # (B, heads, Hp*Wp, hd)
         return self.l_proj(out.transpose(1, 2).reshape(B, Hp, Wp, self.lofi_dim))
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         B, N, C = x.shape
         padded = pad_to_window(x.reshape(B, height, width, C), self.window_size)  # (B, Hp, Wp, C)
+        hifi_qkv, lofi_q, lofi_kv = self.project(padded)
         branches = []
         if self.hifi_heads:
-            branches.append(self.hifi(padded)[:, :height, :width])
+            branches.append(self.hifi(hifi_qkv)[:, :height, :width])
         if self.lofi_heads:
-            branches.append(self.lofi(padded)[:, :height, :width])
+            branches.append(self.lofi(lofi_q, padded, lofi_kv)[:, :height, :width])
         out = branches[0] if len(branches) == 1 else torch.cat(branches, dim=-1)  # (B, H, W, C)
         return out.reshape(B, N, C)
 

@@ -1,0 +1,284 @@
+"""HiLo speed targets, each a ratio of two models measured side by side in one process.
+
+    python benchmarks/bench_hilo.py layer --batch 64 --repeats 30
+    python benchmarks/bench_hilo.py model --batch 8 --repeats 20 --compile
+    python benchmarks/bench_hilo.py model --batch 8 --repeats 20 --bound --modes infer
+    python benchmarks/bench_hilo.py swin --batch 8 --repeats 20
+    python benchmarks/bench_hilo.py band --repeats 10
+
+- `layer`: one HiLo layer of LITv2-S stage 3 (dim 384, 12 heads, window 2, alpha 0.9) on a
+  14 x 14 map, fast `HiLo` against `HiLoReference` (the paper's equations, explicit
+  softmax(QK^T)V), same weights; and, for inference, the layer's five linear layers alone on
+  inputs of their shapes: the part neither implementation can avoid.
+- `model`: LITv2-S with each of them (and, with --compile, the fast one under torch.compile;
+  with --bound, LITv2-S whose attention layers return their input: what the model costs
+  without attention, so reference / bound is the most any attention speed-up can give).
+- `swin`: LITv2-S against timm's swin_tiny_patch4_window7_224, the paper's Table 1 pair.
+- `band`: the Hi-Fi branch alone (alpha 0, dim 384, 12 heads) on maps of growing width, masked
+  bands against the window partition, which `uses_bands` in `litv2cli.models.hilo` chooses
+  between.
+
+Protocol: random weights and inputs, float32, `--warmup` untimed steps of every model, then
+`--repeats` cycles; a cycle runs one step of every model, in an order that rotates from cycle
+to cycle, each step timed by `perf_counter` (so drift and other processes hit all models
+alike). A step is `infer` (forward under inference_mode, eval mode) or `train` (forward,
+backward of the mean output, gradients cleared; no optimizer, so the ratio is the layers'
+own). Reported: median images/s per model, the ratio of medians and the median of per-cycle
+ratios (with its interquartile range), and the same ratio of the process's CPU time per step:
+the work each model does, which other processes on the machine do not change (wall-clock
+ratios do: copies and memory traffic slow down more than arithmetic on a busy machine). The
+load average before and after is printed with the results.
+
+OpenMP's worker threads spin while waiting for work by default; on a CPU shared with other
+processes a spinning worker takes the core the main thread needs and a step can take ten
+times longer. So this script asks for passive waiting (`OMP_WAIT_POLICY=PASSIVE`) unless the
+environment already sets a policy; it must be set before torch is imported.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from litv2cli.models import HiLo, HiLoReference, create_model  # noqa: E402
+
+Step = Callable[[], None]
+
+
+def infer_step(model: nn.Module, *inputs) -> Step:
+    model.eval()
+
+    def step() -> None:
+        with torch.inference_mode():
+            model(*inputs)
+    return step
+
+
+def train_step(model: nn.Module, *inputs) -> Step:
+    model.train()
+
+    def step() -> None:
+        model(*inputs).mean().backward()
+        model.zero_grad(set_to_none=True)
+    return step
+
+
+def interleaved(steps: dict[str, Step], warmup: int, repeats: int) -> dict[str, dict[str, list[float]]]:
+    """Wall and CPU seconds of every step of every model: `repeats` cycles, order rotating each cycle."""
+    names = list(steps)
+    for _ in range(warmup):
+        for name in names:
+            steps[name]()
+    seconds: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in names}
+    for cycle in range(repeats):
+        shift = cycle % len(names)
+        for name in names[shift:] + names[:shift]:
+            wall, cpu = time.perf_counter(), time.process_time()
+            steps[name]()
+            seconds[name]["wall"].append(time.perf_counter() - wall)
+            seconds[name]["cpu"].append(time.process_time() - cpu)
+    return seconds
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def report(title: str, seconds: dict[str, dict[str, list[float]]], batch: int, baseline: str) -> dict:
+    """Print and return images/s per model and every model's speed-up over `baseline`."""
+    print(f"{title}  [load average {os.getloadavg()[0]:.1f}]")
+    result = {"title": title, "batch": batch, "models": {}, "speedup": {}, "load_after": os.getloadavg()[0]}
+    for name, times in seconds.items():
+        q1, median, q3 = quartiles(times["wall"])
+        cpu = statistics.median(times["cpu"])
+        result["models"][name] = {"images_per_s": batch / median, "median_ms": median * 1e3,
+                                  "spread": (q3 - q1) / median, "cpu_ms": cpu * 1e3, "steps": len(times["wall"])}
+        print(f"  {name:>28}: {batch / median:8.2f} images/s  (median {median * 1e3:7.1f} ms, "
+              f"IQR/median {(q3 - q1) / median:4.0%}; CPU {cpu * 1e3:7.1f} ms)")
+    base = seconds[baseline]
+    for name, times in seconds.items():
+        if name == baseline:
+            continue
+        of_medians = statistics.median(base["wall"]) / statistics.median(times["wall"])
+        per_cycle = quartiles([b / v for b, v in zip(base["wall"], times["wall"])])
+        of_cpu = statistics.median(base["cpu"]) / statistics.median(times["cpu"])
+        result["speedup"][f"{name} / {baseline}"] = {
+            "ratio_of_medians": of_medians, "median_per_cycle": per_cycle[1],
+            "per_cycle_iqr": [per_cycle[0], per_cycle[2]], "cpu_time_ratio": of_cpu}
+        print(f"  {name} / {baseline}: {of_medians:.3f}x (ratio of medians), {per_cycle[1]:.3f}x median per "
+              f"cycle (IQR {per_cycle[0]:.3f}-{per_cycle[2]:.3f}); CPU time {of_cpu:.3f}x")
+    return result
+
+
+def machine() -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
+            f"torch threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, torch {torch.__version__}")
+
+
+class LinearLayersOnly(nn.Module):
+    """The GEMMs of one HiLo layer on contiguous inputs of their shapes, nothing else."""
+
+    def __init__(self, layer: HiLo, tokens: torch.Tensor):
+        super().__init__()
+        self.layer = layer
+        B, N, _ = tokens.shape
+        pooled = N // layer.window_size**2
+        self.inputs = (tokens, tokens[:, :pooled].contiguous(), torch.randn(B, N, layer.hifi_dim),
+                       torch.randn(B, N, layer.lofi_dim))
+
+    def forward(self, *unused) -> torch.Tensor:
+        tokens, pooled, hifi_out, lofi_out = self.inputs
+        layer = self.layer
+        layer.h_qkv(tokens), layer.l_q(tokens), layer.l_kv(pooled)
+        return layer.h_proj(hifi_out), layer.l_proj(lofi_out)
+
+
+def bench_layer(args: argparse.Namespace) -> list[dict]:
+    torch.manual_seed(0)
+    fast = HiLo(384, 12, window_size=2, alpha=0.9)
+    reference = HiLoReference(384, 12, window_size=2, alpha=0.9)
+    reference.load_state_dict(fast.state_dict(), strict=True)
+    tokens = torch.randn(args.batch, 14 * 14, 384)
+    with torch.no_grad():
+        difference = (fast(tokens, 14, 14) - reference(tokens, 14, 14)).abs().max().item()
+    print(f"max |fast - reference| = {difference:.2e}")
+    results = []
+    for mode, make in (("infer", infer_step), ("train", train_step)):
+        inputs = tokens.clone().requires_grad_(mode == "train")
+        steps = {"hilo_reference": make(reference, inputs, 14, 14), "hilo": make(fast, inputs, 14, 14)}
+        if mode == "infer":
+            steps["linear layers only"] = make(LinearLayersOnly(fast, tokens))
+        seconds = interleaved(steps, args.warmup, args.repeats)
+        title = f"HiLo layer, dim 384, 12 heads, s=2, alpha 0.9, 14x14, batch {args.batch}, {mode}"
+        results.append(report(title, seconds, args.batch, "hilo_reference"))
+    return results
+
+
+class Skip(nn.Module):
+    """An attention that costs nothing: the bound on what a faster attention can save."""
+
+    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return x
+
+
+def without_attention(model: nn.Module) -> nn.Module:
+    for stage in model.layers:
+        for block in stage.blocks:
+            if hasattr(block, "attn"):
+                block.attn = Skip()
+    return model
+
+
+def bench_model(args: argparse.Namespace) -> list[dict]:
+    torch.manual_seed(0)
+    fast = create_model("s")
+    reference = create_model("s", attention="hilo_reference")
+    reference.load_state_dict(fast.state_dict(), strict=True)
+    images = torch.randn(args.batch, 3, args.res, args.res)
+    with torch.inference_mode():
+        difference = (fast.eval()(images) - reference.eval()(images)).abs().max().item()
+    print(f"max |logit difference| = {difference:.2e}")
+    bound = without_attention(copy.deepcopy(fast))
+    results = []
+    for mode, make in (("infer", infer_step), ("train", train_step)):
+        if mode not in args.modes:
+            continue
+        models = {"litv2_s_reference": reference, "litv2_s": fast}
+        if args.bound:
+            models["litv2_s without attention"] = bound
+        if args.compile:
+            torch._dynamo.reset()
+            compiled = torch.compile(fast)
+            begin = time.perf_counter()
+            with torch.inference_mode() if mode == "infer" else torch.enable_grad():
+                output = compiled.eval()(images) if mode == "infer" else compiled.train()(images)
+                if mode == "infer":
+                    print(f"compiled in {time.perf_counter() - begin:.0f} s; max |logit difference| against "
+                          f"the reference: {(output - reference.eval()(images)).abs().max().item():.2e}")
+            models["litv2_s compiled"] = compiled
+        steps = {name: make(model, images) for name, model in models.items()}
+        seconds = interleaved(steps, args.warmup, args.repeats)
+        title = f"LITv2-S, batch {args.batch}, {args.res}x{args.res}, {mode}"
+        results.append(report(title, seconds, args.batch, "litv2_s_reference"))
+    return results
+
+
+def bench_swin(args: argparse.Namespace) -> list[dict]:
+    import timm
+
+    torch.manual_seed(0)
+    models = {"swin_tiny_patch4_window7_224": timm.create_model("swin_tiny_patch4_window7_224"),
+              "litv2_s": create_model("s")}
+    images = torch.randn(args.batch, 3, args.res, args.res)
+    results = []
+    for mode, make in (("infer", infer_step), ("train", train_step)):
+        steps = {name: make(model, images) for name, model in models.items()}
+        seconds = interleaved(steps, args.warmup, args.repeats)
+        title = f"LITv2-S vs Swin-T, batch {args.batch}, {args.res}x{args.res}, {mode}"
+        results.append(report(title, seconds, args.batch, "swin_tiny_patch4_window7_224"))
+    return results
+
+
+def bench_band(args: argparse.Namespace) -> list[dict]:
+    from litv2cli.models import hilo
+
+    results = []
+    for window, width in ((2, 14), (2, 28), (2, 42), (2, 56), (2, 84), (4, 14), (4, 28), (4, 56)):
+        torch.manual_seed(0)
+        layer = HiLo(384, 12, window_size=window, alpha=0.0)
+        batch = max(1, 64 * 14 * 14 // (width * width))  # about as many tokens as the 14 x 14 batch of 64
+        tokens = torch.randn(batch, width * width, 384)
+
+        def with_limit(limit: int) -> Step:
+            def step() -> None:
+                hilo.BAND_TOKEN_BUDGET = limit  # chooses the path, read at every call
+                with torch.inference_mode():
+                    layer(tokens, width, width)
+            return step
+
+        seconds = interleaved({"window partition": with_limit(0), "masked bands": with_limit(1 << 30)},
+                              args.warmup, args.repeats)
+        title = f"Hi-Fi only, s={window}, {width}x{width} map, band of {window * width} tokens, batch {batch}"
+        results.append(report(title, seconds, batch, "window partition"))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=("layer", "model", "swin", "band"))
+    parser.add_argument("--batch", type=int, default=None, help="default 64 for layer, 8 otherwise")
+    parser.add_argument("--res", type=int, default=224)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--compile", action="store_true", help="model: also time the fast model under torch.compile")
+    parser.add_argument("--bound", action="store_true", help="model: also time LITv2-S without attention")
+    parser.add_argument("--modes", default="infer,train", help="model: steps to time, infer and/or train")
+    parser.add_argument("--json", type=str, default=None, help="also write the results to this file")
+    args = parser.parse_args()
+    args.batch = args.batch or (64 if args.what == "layer" else 8)
+    args.modes = args.modes.split(",")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"machine: {machine()}; warm-up {args.warmup}, {args.repeats} interleaved cycles")
+    results = {"layer": bench_layer, "model": bench_model, "swin": bench_swin, "band": bench_band}[args.what](args)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"machine": machine(), "args": vars(args), "results": results}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
