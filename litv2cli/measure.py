@@ -114,10 +114,28 @@ def default_device() -> torch.device:
 
 
 def device_name(device: torch.device) -> str:
-    """A human-readable name of the device, used in recipes' provenance and benchmark tables."""
+    """A human-readable name of the device, used in recipes' provenance and benchmark tables:
+    the GPU's name, or 'cpu (<model name>, <n> threads)' with the intra-op threads PyTorch uses."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{device.type} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    count = f"{threads} thread{'s' if threads != 1 else ''}"
+    model = cpu_model_name() if device.type == "cpu" else None
+    return f"{device.type} ({model}, {count})" if model else f"{device.type} ({count})"
+
+
+def cpu_model_name() -> str | None:
+    """The processor's marketing name ('Intel(R) Xeon(R) Processor'), or None where it is unknown."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as handle:  # Linux
+            for line in handle:
+                if line.startswith(("model name", "Model")) and ":" in line:
+                    return " ".join(line.split(":", 1)[1].split()) or None
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def relative_spread(samples: list[float] | tuple[float, ...]) -> float:

@@ -167,7 +167,7 @@ def test_a_worker_killed_mid_trial_leaves_a_study_that_a_rerun_completes_once_pe
     assert next(t for t in final if t.number == killed).state == TrialState.FAIL
     assert next(t for t in complete if t.params["point"] == killed_point).number > killed  # evaluated again
     assert len(measured_now) == len(POINTS) - completed_before  # nothing finished was measured again
-    summary = json.loads((out / "litv2-t" / "search.json").read_text())
+    summary = json.loads((out / STUDY / "search.json").read_text())
     assert sorted(row["label"] for row in summary["points"] if row["status"] == "ok") == POINTS
 
 

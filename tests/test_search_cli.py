@@ -47,7 +47,8 @@ def test_zero_cost_search_writes_a_recipe_pretrain_accepts_and_rerun_continues(t
             "--recipes-dir", str(recipes)]
     assert main(args) == 0, capsys.readouterr().err
     recipe = load_recipe(recipes / "litv2-t.yaml")
-    summary = json.loads((out / "litv2-t" / "search.json").read_text())
+    results = out / "litv2-t-32x32-b2-infer-zero-cost"  # one folder per study
+    summary = json.loads((results / "search.json").read_text())
     chosen = summary["chosen"]
     assert recipe.variant == "t" and recipe.alpha == chosen["alpha"] and list(recipe.window) == chosen["window"]
     provenance = recipe.provenance
@@ -60,10 +61,29 @@ def test_zero_cost_search_writes_a_recipe_pretrain_accepts_and_rerun_continues(t
     # 3 alphas x window 2 are 3 networks; with window 1 all alphas are one: 4 points.
     assert summary["distinct_points"] == 4 and len(summary["points"]) == 4
     assert chosen["label"] in [r["label"] for r in summary["front"]]
-    assert (out / "litv2-t" / "pareto.png").stat().st_size > 0
-    assert (out / "litv2-t" / "front.csv").read_text().count("\n") == len(summary["front"]) + 1
+    # The first point measured is measured again at the end, to show drift of the machine's speed.
+    first = min(summary["points"], key=lambda p: p["trial"])
+    [drift] = summary["drift_checks"]
+    assert drift["label"] == first["label"] and drift["again"] > 0 and drift["points_between"] == 3
+    assert provenance["measurement"]["drift_check"]["label"] == first["label"]
+    assert (results / "pareto.png").stat().st_size > 0
+    assert (results / "front.csv").read_text().count("\n") == len(summary["front"]) + 1
     table = capsys.readouterr().out
-    assert "Pareto front" in table and "not an accuracy" in table
+    assert "Pareto front" in table and "not an accuracy" in table and "[4/4] trial" in table
+    lines = table.splitlines()
+    drawn = lines[next(i for i, line in enumerate(lines) if "Pareto front" in line):
+                  next(i for i, line in enumerate(lines) if "points_csv:" in line)]
+    assert max(len(line) for line in drawn) <= 80  # the front table fits a terminal
+
+    run = tmp_path / "run"
+    pretrain = ["pretrain", "--recipe", str(recipes / "litv2-t.yaml"), "--data", "demo", "--max-steps", "1",
+                "--res", "32", "--batch-size", "4", "--workers", "0", "--no-progress", "--log-with", "none",
+                "--output", str(run)]
+    assert main(pretrain) == 0, capsys.readouterr().err
+    trained = json.loads((run / "run.json").read_text())["recipe"]
+    assert trained["alpha"] == chosen["alpha"] and trained["window"] == chosen["window"]
+    assert (run / "model.safetensors").is_file()
+    capsys.readouterr()
 
     study = "litv2-t-32x32-b2-infer-zero-cost"
     before = complete_points(out / "search.db", study)
@@ -71,7 +91,10 @@ def test_zero_cost_search_writes_a_recipe_pretrain_accepts_and_rerun_continues(t
     assert main(args) == 0
     after = optuna.load_study(study_name=study, storage=open_storage(f"sqlite:///{out / 'search.db'}"))
     assert len(after.trials) == trials_before == 4 and complete_points(out / "search.db", study) == before
-    assert "trial " not in capsys.readouterr().out  # nothing was measured again
+    rerun = capsys.readouterr().out
+    assert "trial " not in rerun  # nothing was measured again
+    assert "4 of 4 points already evaluated; 0 left to evaluate" in rerun and "drift check" not in rerun
+    assert len(json.loads((results / "search.json").read_text())["drift_checks"]) == 1
 
 
 def test_train_proxy_search_on_generated_data_writes_a_recipe(tmp_path, capsys):
@@ -81,7 +104,10 @@ def test_train_proxy_search_on_generated_data_writes_a_recipe(tmp_path, capsys):
             "--train-res", "32", "--train-epochs", "2", "--train-batch-size", "4", "--train-lr", "2e-3",
             "--pruner", "successive-halving", "--pick", "max-top1", "--output", str(out), "--recipes-dir",
             str(recipes)]
-    assert main(args) == 0, capsys.readouterr().err
+    assert main([*args, "--json"]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)["t"]["pick"] == "max-top1"  # the training loop's lines stay off stdout
+    assert "training a0-w2.1" in printed.err and "val top-1" in printed.err
     recipe = load_recipe(recipes / "litv2-t.yaml")
     assert recipe.provenance["proxy"]["kind"] == "train" and recipe.provenance["pick"] == "max-top1"
     train_study = optuna.load_study(study_name="litv2-t-32x32-b2-infer-train-train",
@@ -94,8 +120,33 @@ def test_train_proxy_search_on_generated_data_writes_a_recipe(tmp_path, capsys):
     complete = [t for t in finished if t.state == TrialState.COMPLETE]
     assert complete and all(0.0 <= t.value <= 100.0 for t in complete)
     best = max(complete, key=lambda t: t.value)
-    summary = json.loads((out / "litv2-t" / "search.json").read_text())
+    summary = json.loads((out / "litv2-t-32x32-b2-infer-train" / "search.json").read_text())
     assert summary["chosen"]["top1"] == pytest.approx(best.value)
+
+
+def test_train_mode_with_memory_and_constraints_filters_points_and_explains_an_empty_front(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["search", *FAST, "--alpha", "0.5,1", "--window", "1", "--mode", "train", "--objective",
+            "throughput,latency,memory,params,flops", "--output", str(out), "--no-recipes"]
+    assert main([*args, "--max-memory", "100GB"]) == 0, capsys.readouterr().err
+    summary = json.loads((out / "litv2-t-32x32-b2-train" / "search.json").read_text())
+    assert [o["name"] for o in summary["objectives"]] == ["throughput", "latency", "memory", "params", "flops"]
+    assert all(p["latency"] > 0 and p["flops"] > 0 for p in summary["points"])
+    assert summary["provenance"]["measurement"]["mode"] == "train"
+    assert summary["provenance"]["measurement"]["protocol"].startswith("train, batch 2, 32x32")
+    assert len(summary["points"]) == 1  # window 1: every alpha builds the same network
+    assert all(p["status"] == "ok" and p["memory"] > 0 for p in summary["points"])
+    smallest = min(p["memory"] for p in summary["points"])
+    capsys.readouterr()
+    # The same study, now with a memory limit below the smallest point: nothing is measured again,
+    # every point is filtered, and the error names the reason instead of drawing an empty front.
+    assert main([*args, "--max-memory", str(int(smallest) - 1)]) == 2
+    printed = capsys.readouterr()
+    assert "trial " not in printed.out
+    err = printed.err.strip()
+    assert err.startswith("litv2: error:") and "1 filtered by a constraint" in err and "--max-memory" in err
+    assert main([*args, "--max-memory", "100GB", "--min-throughput", "1e12"]) == 2
+    assert "--min-throughput" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
 from litv2cli.errors import UserError
 from litv2cli.search.objectives import parse_bytes, parse_objectives
-from litv2cli.search.pareto import Row, check_pick_rule, pareto_front, pick, plot_front, write_json, write_table
+from litv2cli.search.pareto import (
+    Row, check_pick_rule, pareto_front, pick, plot_front, plot_front_html, write_json, write_table,
+)
 
 THROUGHPUT_TOP1 = parse_objectives("throughput,top1")
 
@@ -90,3 +93,33 @@ def test_table_json_and_png_are_written(tmp_path):
     png = plot_front(ROWS, front, chosen, THROUGHPUT_TOP1, tmp_path / "pareto.png", paper_label="accurate",
                      title="test")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_html_marks_the_chosen_point_and_the_paper_default_when_plotly_is_there(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    traces: list[dict] = []
+
+    class Figure:
+        def add_trace(self, trace):
+            traces.append(trace)
+
+        def update_layout(self, **kwargs):
+            pass
+
+        def write_html(self, path):
+            Path(path).write_text("<html></html>")
+
+    graph_objects = types.ModuleType("plotly.graph_objects")
+    graph_objects.Figure, graph_objects.Scatter = Figure, lambda **kwargs: kwargs
+    monkeypatch.setitem(sys.modules, "plotly", types.ModuleType("plotly"))
+    monkeypatch.setitem(sys.modules, "plotly.graph_objects", graph_objects)
+    front = pareto_front(ROWS, THROUGHPUT_TOP1)
+    chosen = pick(front, THROUGHPUT_TOP1, "knee")
+    html = plot_front_html(ROWS, front, chosen, THROUGHPUT_TOP1, tmp_path / "pareto.html", title="t",
+                           paper_label="accurate")
+    assert html is not None and html.is_file()
+    named = {t["name"]: t for t in traces}
+    assert named["chosen: balanced"]["text"] == ["balanced"]
+    assert named["paper default (alpha 0.9, window 2)"]["x"] == [10.0]

@@ -55,7 +55,8 @@ Study = Annotated[str | None, typer.Option("--study", help="Study name (default 
                                            "and proxy); one per variant.")]
 RecipesDir = Annotated[Path, typer.Option("--recipes-dir", help="Where litv2-<variant>.yaml is written.")]
 NoRecipes = Annotated[bool, typer.Option("--no-recipes", help="Write no recipe (tables and plot only).")]
-Output = Annotated[Path, typer.Option("--output", "-o", help="Directory for the study database, tables and plots.")]
+Output = Annotated[Path, typer.Option("--output", "-o", help="Directory for the study database (search.db) and, "
+                                      "in one folder per study, the tables and plots.")]
 Pick = Annotated[str, typer.Option("--pick", help="Choice on the Pareto front: knee, max-top1 or max-throughput.")]
 MaxMemory = Annotated[str | None, typer.Option("--max-memory", help="Drop points whose peak memory exceeds this "
                                                "(bytes, or 8GB, 512MiB).")]
@@ -104,13 +105,11 @@ def search(
     seed: Seed = 0,
     json_output: JsonOutput = False,
 ) -> None:
-    """Measure every distinct (alpha, window) point on this machine, add an accuracy proxy, and write
-    recipes/litv2-<variant>.yaml with the point picked on the Pareto front.
+    """Measure every distinct (alpha, window) point on this machine, add an accuracy proxy, and write recipes/litv2-<variant>.yaml with the point picked on the Pareto front.
 
-    Re-running the same command continues the study; several processes on one --storage split
-    the points.
+    Re-running the same command continues the study; several processes on one --storage split the points. Ctrl-C leaves the study resumable.
 
-    LITv2-S ImageNet accuracy is flat (0.22 points) over alpha 0.2-1.0: measured speed decides there.
+    LITv2-S ImageNet accuracy is flat (0.22 points) over alpha 0.2-1.0: measured speed decides there. On shared CPU cores, set OMP_NUM_THREADS=1 for steadier timings.
     """
     import optuna
 
@@ -183,6 +182,9 @@ def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def _front_table(result, config):
+    """The front as a table that fits 80 columns; the point label (a<alpha>-w<stage-3 window>.<stage-4
+    window>) carries the windows, every other number is in points.csv and search.json."""
+    from rich import box
     from rich.table import Table
 
     objectives = list(config.objectives)
@@ -190,29 +192,62 @@ def _front_table(result, config):
     if config.wants_top1:
         proxy_note = (" top1 = zero-cost rank score in [0, 1], not an accuracy." if config.proxy == "zero-cost"
                       else " top1 = validation top-1 (%) after the training budget.")
-    table = Table(title=f"LITv2-{result.variant.upper()}: Pareto front ({len(result.front)} of "
-                        f"{sum(r.status == 'ok' for r in result.rows)} points), study {result.study}",
-                  caption=f"* chosen by --pick {config.pick}.{proxy_note}")
-    for column in ("", "point", "alpha", "windows", "Lo-Fi heads s3/s4", *[o.name for o in objectives], "spread"):
-        table.add_column(column, justify="left" if column in ("point", "") else "right")
-    for row in result.front:
-        heads = "/".join("global" if h is None else str(h) for h in row.lofi_heads)
-        alphas = ",".join(f"{a:g}" for a in row.alphas)
+    unstable_note = (", ! = still above 10% after re-measuring" if any(
+        r.details.get("throughput_stable") is False for r in result.front) else "")
+    ok = sum(r.status == "ok" for r in result.rows)
+    # Many objectives need the width; the label holds alpha and windows, the CSV everything.
+    with_alphas, with_heads = len(objectives) <= 3, len(objectives) <= 4
+    others = len(result.rows) - ok
+    title = (f"LITv2-{result.variant.upper()}: Pareto front, {len(result.front)} of {ok} points"
+             f"{f' ({others} failed, filtered or pruned)' if others else ''}\nstudy {result.study}")
+    caption = (f"* chosen by --pick {config.pick}. Point a<alpha>-w<window s3>.<window s4>"
+               f"{'; Lo-Fi heads per stage, - = global attention' if with_heads else ''}. "
+               f"Spread: IQR/median of the timed steps{unstable_note}.{proxy_note}")
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption_justify="left", title=title, caption=caption)
+    table.add_column("point", no_wrap=True)
+    if with_alphas:
+        table.add_column("alphas", justify="right", no_wrap=True)
+    if with_heads:
+        table.add_column("Lo-Fi\ns3/s4", justify="right", no_wrap=True)
+    for objective in objectives:
+        table.add_column(_header(objective, config.proxy), justify="right", no_wrap=True)
+    table.add_column("spread", justify="right", no_wrap=True)
+    first = objectives[0]  # best first along the first objective, like reading the plot's x axis
+    for row in sorted(result.front, key=lambda r: r.values[first.name], reverse=first.maximize):
+        heads = "/".join("-" if h is None else str(h) for h in row.lofi_heads)
         cells = [_format(row.values[o.name], o.name) for o in objectives]
         spread = row.details.get("throughput_spread")
-        table.add_row("*" if row.label == result.chosen.label else "", row.label, alphas,
-                      f"{row.window[2]},{row.window[3]}", heads, *cells,
-                      f"{100 * spread:.1f}%" if spread is not None else "")
+        spread_text = "" if spread is None else f"{100 * spread:.1f}%" + ("!" if not row.details.get(
+            "throughput_stable", True) else "")
+        chosen = row.label == result.chosen.label
+        table.add_row(f"{row.label} *" if chosen else row.label, *([_alphas(row)] if with_alphas else []),
+                      *([heads] if with_heads else []), *cells, spread_text, style="bold" if chosen else None)
     return table
+
+
+def _header(objective, proxy: str) -> str:
+    if objective.name == "top1":
+        return "top1\nscore" if proxy == "zero-cost" else "top1\n%"
+    unit = {"memory": "MiB", "params": "M", "flops": "GMACs", "throughput": "img/s"}.get(objective.name,
+                                                                                            objective.unit)
+    return f"{objective.name}\n{unit}" if unit else objective.name
+
+
+def _alphas(row) -> str:
+    """The alphas that build this network: 'any' where every HiLo stage is global, else a range."""
+    if all(h is None for h in row.lofi_heads):
+        return "any"
+    low, high = min(row.alphas), max(row.alphas)
+    return f"{low:g}" if low == high else f"{low:g}-{high:g}"
 
 
 def _format(value: float, name: str) -> str:
     if name == "params":
-        return f"{value / 1e6:.2f}M"
+        return f"{value / 1e6:.2f}"
     if name == "flops":
-        return f"{value / 1e9:.3f}G"
+        return f"{value / 1e9:.3f}"
     if name == "memory":
-        return f"{value / 2**20:.0f}MiB"
+        return f"{value / 2**20:.0f}"
     if name == "top1":
         return f"{value:.3f}"
     return f"{value:.1f}"

@@ -1,13 +1,15 @@
 """Benchmarks of the search itself, with fixed protocols, for BENCHMARKS.md.
 
     python -m litv2cli.search.bench repeatability --variant s --alpha 0.9 --window 2 --res 224 --batch-size 8
-    python -m litv2cli.search.bench agreement runs/zc/litv2-t/search.json runs/train/litv2-t/search.json
+    python -m litv2cli.search.bench agreement runs/zc/litv2-t-64x64-b64-infer-zero-cost/search.json \
+        runs/train/litv2-t-64x64-b64-infer-train/search.json
 
 `repeatability` measures one point several times in one process and reports each median and
 the spread of the medians ((max - min) / mean), so users know how far apart two points must be
 for the search to rank them reliably on this machine. `agreement` reads the `search.json` of a
 zero-cost search and of a training-proxy search over the same points and reports Kendall's tau
-between each zero-cost score (and their rank combination) and the trained validation top-1.
+between each zero-cost score (and their rank combination) and the trained validation top-1;
+`benchmarks/bench_search_proxy.py` runs the whole protocol (several seeds, a noise ceiling).
 """
 
 from __future__ import annotations

@@ -84,6 +84,15 @@ def measure_point(point: Point, settings: MeasureSettings, proxy: ProxySettings 
     return metrics
 
 
+def remeasure_throughput(point: Point, settings: MeasureSettings) -> float:
+    """Images/s of `point` measured again with the same protocol (for the drift check)."""
+    torch.manual_seed(0)
+    model = build_model(settings.variant, point)
+    return measure_throughput(model, settings.batch_size, settings.resolution, mode=settings.mode,
+                              device=settings.device, warmup=settings.warmup, repeats=settings.repeats,
+                              max_rounds=settings.max_rounds).images_per_s
+
+
 def load_proxy_batches(source: str, resolution: tuple[int, int], *, batch_size: int, num_batches: int,
                        seed: int = 0) -> tuple[list[Batch], int]:
     """`num_batches` shuffled minibatches of the training split of `source` (eval transform:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,7 @@ def plot_front(rows: Sequence[Row], front: Sequence[Row], chosen: Row, objective
             axes.scatter([x_of(r) for r in chosen_rows], [y_of(r) for r in chosen_rows], s=22, zorder=2,
                          label={"ok": "searched point", "filtered": "filtered by a constraint",
                                 "pruned": "pruned (training proxy)"}[status], **style)
+    _draw_spread(axes, measured, objectives)
     ordered = sorted(front, key=x_of)
     axes.plot([x_of(r) for r in ordered], [y_of(r) for r in ordered], "-o", color="tab:blue", ms=6, zorder=3,
               label="Pareto front")
@@ -145,8 +147,8 @@ def plot_front(rows: Sequence[Row], front: Sequence[Row], chosen: Row, objective
 
 
 def plot_front_html(rows: Sequence[Row], front: Sequence[Row], chosen: Row, objectives: Sequence[Objective],
-                    path: Path, *, title: str) -> Path | None:
-    """Interactive HTML with plotly when it is installed; None otherwise."""
+                    path: Path, *, title: str, paper_label: str | None = None) -> Path | None:
+    """Interactive HTML with plotly when it is installed (the same marks as the PNG); None otherwise."""
     try:
         import plotly.graph_objects as go
     except ImportError:
@@ -159,8 +161,13 @@ def plot_front_html(rows: Sequence[Row], front: Sequence[Row], chosen: Row, obje
                                 text=[r.label for r in measured], name="searched point"))
     figure.add_trace(go.Scatter(x=[x_of(r) for r in ordered], y=[y_of(r) for r in ordered], mode="lines+markers",
                                 text=[r.label for r in ordered], name="Pareto front"))
+    paper = next((r for r in measured if r.label == paper_label), None)
+    if paper is not None:
+        figure.add_trace(go.Scatter(x=[x_of(paper)], y=[y_of(paper)], mode="markers", text=[paper.label],
+                                    marker=dict(symbol="diamond-open", size=14),
+                                    name="paper default (alpha 0.9, window 2)"))
     figure.add_trace(go.Scatter(x=[x_of(chosen)], y=[y_of(chosen)], mode="markers", text=[chosen.label],
-                                marker=dict(symbol="star", size=16), name="chosen"))
+                                marker=dict(symbol="star", size=16), name=f"chosen: {chosen.label}"))
     figure.update_layout(title=title, xaxis_title=x_name, yaxis_title=y_name)
     figure.write_html(str(path))
     return path
@@ -180,6 +187,28 @@ def _scaled(row: Row, objective: Objective, front: Sequence[Row]) -> float:
         return 1.0
     value = row.values[objective.name]
     return (value - low) / (high - low) if objective.maximize else (high - value) / (high - low)
+
+
+def _draw_spread(axes, rows: Sequence[Row], objectives: Sequence[Objective]) -> None:
+    """Horizontal or vertical bars from the first to the third quartile of the timed steps, where
+    throughput is drawn: how far apart two points must be to be told apart on this machine."""
+    names = [o.name for o in objectives[:2]] if len(objectives) > 1 else []
+    if "throughput" not in names:
+        return
+    rows = [r for r in rows if len(r.details.get("throughput_samples") or []) >= 2]
+    if not rows:
+        return
+    x_name, y_name = names
+    lows, highs = [], []
+    for row in rows:
+        quartiles = statistics.quantiles(row.details["throughput_samples"], n=4, method="inclusive")
+        value = row.values["throughput"]
+        lows.append(max(value - quartiles[0], 0.0))
+        highs.append(max(quartiles[2] - value, 0.0))
+    xs, ys = [r.values[x_name] for r in rows], [r.values[y_name] for r in rows]
+    bars = {"xerr" if x_name == "throughput" else "yerr": [lows, highs]}
+    axes.errorbar(xs, ys, fmt="none", ecolor="0.75", elinewidth=1, capsize=2, zorder=1,
+                  label="throughput IQR of the timed steps", **bars)
 
 
 def _axes(objectives: Sequence[Objective]):

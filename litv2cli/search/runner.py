@@ -19,11 +19,14 @@ The front is then computed over the requested objectives from both studies' resu
 
 from __future__ import annotations
 
+import io
+import sys
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +36,11 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
 from litv2cli.errors import UserError
-from litv2cli.measure import default_device, device_name
+from litv2cli.measure import MAX_SPREAD, default_device, device_name
 from litv2cli.search import pareto
-from litv2cli.search.evaluate import MeasureSettings, ProxySettings, load_proxy_batches, measure_point
+from litv2cli.search.evaluate import (
+    MeasureSettings, ProxySettings, load_proxy_batches, measure_point, remeasure_throughput,
+)
 from litv2cli.search.objectives import OBJECTIVES, Objective
 from litv2cli.search.proxies import DEFAULT_PROXIES, combine_by_rank
 from litv2cli.search.recipes import FLAT_ACCURACY_NOTE, build_provenance, write_searched_recipe
@@ -47,6 +52,7 @@ from litv2cli.search.study import (
 from litv2cli.search.train_proxy import TrainBudget, train_point
 
 PRUNERS = ("successive-halving", "hyperband", "median", "none")
+DRIFT_MIN_POINTS = 3  # a drift check needs points measured in between
 POLL_S = 2.0
 
 
@@ -103,6 +109,7 @@ class VariantResult:
     files: dict[str, Path] = field(default_factory=dict)
     measurement: WorkerReport = field(default_factory=WorkerReport)
     training: WorkerReport | None = None
+    drift_checks: list[dict[str, Any]] = field(default_factory=list)  # see _check_drift
 
 
 def run_search(config: SearchConfig, *, say: Callable[[str], None] = print) -> list[VariantResult]:
@@ -158,8 +165,8 @@ def search_variant(config: SearchConfig, space: SearchSpace, storage: optuna.sto
     study = open_study(storage, name, directions=directions, fingerprint=fingerprint,
                        sampler=make_sampler(config.sampler, [p.label for p in points], seed=config.seed))
     merged = len(space.alphas) * len(space.window_options()) - len(points)
-    say(f"LITv2-{variant.upper()}: {len(points)} distinct points ({len(space.alphas)} alphas x "
-        f"{len(space.window_options())} window settings, {merged} merged: same head split) at "
+    say(f"LITv2-{variant.upper()}: {_count(len(points), 'distinct point')} ({_count(len(space.alphas), 'alpha')} x "
+        f"{_count(len(space.window_options()), 'window setting')}, {merged} merged: same head split) at "
         f"{config.resolution[0]}x{config.resolution[1]}, batch {config.batch_size}, {config.mode}, on "
         f"{fingerprint['device']}; study {name!r} in {redact(storage_url)}")
 
@@ -171,6 +178,8 @@ def search_variant(config: SearchConfig, space: SearchSpace, storage: optuna.sto
 
     report = _finish(study, points, evaluate, config, storage, say)
     rows = measured_rows(study, points)
+    _say_unstable(rows, say)
+    _check_drift(study, rows, points, report, settings, say)
     if proxy is not None:
         _attach_zero_cost(rows)
     _apply_constraints(rows, config)
@@ -179,9 +188,12 @@ def search_variant(config: SearchConfig, space: SearchSpace, storage: optuna.sto
         training = _train_phase(config, variant, name, points, rows, storage, say)
     objectives = list(config.objectives)
     front = pareto.pareto_front(rows, objectives)
+    if not front:
+        raise UserError(f"LITv2-{variant.upper()}: no point is left to choose from ({_outcome_counts(rows, points)}); "
+                        f"the study {name!r} is kept: relax the constraints or pass --retry-failed")
     chosen = pareto.pick(front, objectives, config.pick)
     result = VariantResult(variant=variant, study=name, rows=rows, front=front, chosen=chosen, measurement=report,
-                           training=training)
+                           training=training, drift_checks=list(study.user_attrs.get("drift_checks", [])))
     result.files = _write_outputs(config, space, points, result, storage_url)
     return result
 
@@ -239,9 +251,19 @@ def _finish(study: optuna.Study, points: list[Point], evaluate, config: SearchCo
     waiting_said = False
     heartbeat = isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval() is not None
     labels = [p.label for p in points]
+    status = point_status(study, labels, retry_failed_before=datetime.now() if config.retry_failed else None)
+    if status.done or status.running:
+        say(f"continuing study {study.study_name!r}: {len(status.done)} of {len(labels)} points already evaluated"
+            f"{f', {len(status.running)} running elsewhere' if status.running else ''}; "
+            f"{len(status.pending)} left to evaluate here")
+
+    def on_trial(trial: optuna.trial.FrozenTrial) -> None:
+        done = len(point_status(study, labels).done)
+        _say_trial(trial, say, progress=f"[{done}/{len(labels)}]")
+
     while True:
         report = run_points(study, points, evaluate, max_points=config.trials, retry_failed=config.retry_failed,
-                            on_trial=lambda t: _say_trial(t, say))
+                            on_trial=on_trial)
         for name in ("evaluated", "failed", "pruned", "duplicates"):
             getattr(total, name).extend(getattr(report, name))
         running = point_status(study, labels).running
@@ -267,19 +289,68 @@ def _quiet():
         yield
 
 
-def _say_trial(trial: optuna.trial.FrozenTrial, say: Callable[[str], None]) -> None:
+def _say_trial(trial: optuna.trial.FrozenTrial, say: Callable[[str], None], *, progress: str = "") -> None:
+    """One line per finished trial: '  [3/11] trial 2: a0.9-w2.1: 123.4 images/s (spread 2.1%) in 14 s'."""
     label = trial.params.get("point", "?")
+    head = f"  {progress + ' ' if progress else ''}trial {trial.number}: {label}:"
+    seconds = trial.duration.total_seconds() if trial.duration is not None else None
+    took = "" if seconds is None else f" in {seconds:.1f} s" if seconds < 10 else f" in {seconds:.0f} s"
     if trial.state == TrialState.COMPLETE:
         attrs = trial.user_attrs
         text = f"{attrs['throughput']:.1f} images/s (spread {100 * attrs['throughput_spread']:.1f}%" \
                f"{', UNSTABLE' if not attrs.get('throughput_stable', True) else ''})" if "throughput" in attrs \
-            else f"top-1 {trial.value:.2f}%"
-        say(f"  trial {trial.number}: {label}: {text}")
+            else f"val top-1 {trial.value:.2f}%"
+        say(f"{head} {text}{took}")
     elif trial.state == TrialState.FAIL:
-        say(f"  trial {trial.number}: {label}: FAILED ({trial.user_attrs.get(FAIL_REASON, 'no reason recorded')})")
+        say(f"{head} FAILED ({trial.user_attrs.get(FAIL_REASON, 'no reason recorded')}){took}")
     elif trial.state == TrialState.PRUNED and "duplicate_of" not in trial.user_attrs:
-        say(f"  trial {trial.number}: {label}: pruned at step {trial.user_attrs.get('pruned_at_step')} "
-            f"(top-1 {trial.intermediate_values and list(trial.intermediate_values.values())[-1]})")
+        last = list(trial.intermediate_values.values())[-1] if trial.intermediate_values else None
+        say(f"{head} pruned at step {trial.user_attrs.get('pruned_at_step')}"
+            f"{f' (val top-1 {last:.2f}%)' if last is not None else ''}{took}")
+
+
+def _check_drift(study: optuna.Study, rows: list[pareto.Row], points: list[Point], report: WorkerReport,
+                 settings: MeasureSettings, say: Callable[[str], None]) -> None:
+    """Measure again the first point this process measured, once all are done. A small spread
+    within one measurement does not show that the machine slowed down or sped up between points
+    (another job starting on a shared machine); this does. Kept in the study's `drift_checks`."""
+    evaluated = set(report.evaluated)
+    mine = [r for r in rows if r.status == "ok" and r.details.get("trial") in evaluated and "throughput" in r.values]
+    if len(mine) < DRIFT_MIN_POINTS:
+        previous = study.user_attrs.get("drift_checks") or []
+        if previous and abs(previous[-1]["change"]) > MAX_SPREAD:  # keep warning on every later run
+            last = previous[-1]
+            say(f"drift check of {last['date']}: {last['label']} changed by {100 * last['change']:+.0f}% between the "
+                "start and the end of its run, so points closer than that are not reliably ranked")
+        return
+    first = min(mine, key=lambda r: r.details["trial"])
+    point = next(p for p in points if p.label == first.label)
+    again = remeasure_throughput(point, settings)
+    change = again / first.values["throughput"] - 1.0
+    check = {"label": first.label, "first": first.values["throughput"], "again": again, "change": change,
+             "points_between": len(mine) - 1, "date": datetime.now().isoformat(timespec="seconds")}
+    study.set_user_attr("drift_checks", [*study.user_attrs.get("drift_checks", []), check])
+    if abs(change) > MAX_SPREAD:
+        say(f"drift check: {first.label} measured {again:.1f} images/s at the end, {first.values['throughput']:.1f} "
+            f"at the start ({100 * change:+.0f}%): this machine's speed changed during the search, so points whose "
+            "throughput differs by less than that are not reliably ranked. Measure on an idle machine.")
+    else:
+        say(f"drift check: {first.label} measured again at the end is within {100 * abs(change):.1f}% of its first "
+            "measurement")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _say_unstable(rows: list[pareto.Row], say: Callable[[str], None]) -> None:
+    """Name the points whose throughput stayed above the spread limit after every re-measurement."""
+    unstable = [r.label for r in rows if r.status == "ok" and r.details.get("throughput_stable") is False]
+    if unstable:
+        say(f"{len(unstable)} of {len(rows)} points kept a throughput spread above {100 * MAX_SPREAD:.0f}% after "
+            f"re-measuring ({', '.join(unstable[:6])}{', ...' if len(unstable) > 6 else ''}): the machine was busy, "
+            "so their ranking by speed is uncertain. Measure on an idle machine (on shared CPU cores, with "
+            "OMP_NUM_THREADS=1) and pass --study NAME for a fresh study.")
 
 
 def _attach_zero_cost(rows: list[pareto.Row]) -> None:
@@ -290,6 +361,19 @@ def _attach_zero_cost(rows: list[pareto.Row]) -> None:
     for row in rows:
         if row.label in combined:
             row.values["top1"] = combined[row.label]
+
+
+def _outcome_counts(rows: list[pareto.Row], points: list[Point]) -> str:
+    """'2 filtered by a constraint, 1 failed, 3 not evaluated' for an empty front."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+    names = {"filtered": "filtered by a constraint", "failed": "failed", "pruned": "pruned", "ok": "usable"}
+    parts = [f"{n} {names.get(status, status)}" for status, n in counts.items()]
+    if len(points) > len(rows):
+        parts.append(f"{len(points) - len(rows)} not evaluated")
+    first = next((r for r in rows if r.reason), None)
+    return ", ".join(parts) + (f"; e.g. {first.label}: {first.reason}" if first else "")
 
 
 def _apply_constraints(rows: list[pareto.Row], config: SearchConfig) -> None:
@@ -314,13 +398,21 @@ def _train_phase(config: SearchConfig, variant: str, name: str, points: list[Poi
                        fingerprint={"measurement_study": name, "variant": variant, **budget.fingerprint()},
                        sampler=optuna.samplers.GridSampler({"point": [p.label for p in candidates]}, seed=config.seed),
                        pruner=_pruner(config.pruner))
-    say(f"training proxy: {len(candidates)} points, {budget.epochs} epochs each at "
+    say(f"training proxy: {_count(len(candidates), 'point')}, {_count(budget.epochs, 'epoch')} each at "
         f"{budget.resolution[0]}x{budget.resolution[1]}, batch {budget.batch_size}, lr {budget.lr:g} on "
         f"{budget.data}; pruner {config.pruner}; study {name}-train")
     run_root = config.output / "train-proxy" / name
 
     def evaluate(trial: optuna.Trial, point: Point) -> float:
-        return train_point(trial, variant, point, budget, run_root / point.label)
+        say(f"  trial {trial.number}: training {point.label}")
+        # The training loop prints its validation lines; they go where the search's own lines go
+        # (stderr under --json, so that stdout stays one JSON object).
+        writer = _SayWriter(say, indent="    ")
+        try:
+            with redirect_stdout(writer):
+                return train_point(trial, variant, point, budget, run_root / point.label)
+        finally:
+            writer.flush()
 
     report = _finish(study, candidates, evaluate, config, storage, say)
     results: dict[str, optuna.trial.FrozenTrial] = {}
@@ -350,6 +442,33 @@ def _train_phase(config: SearchConfig, variant: str, name: str, points: list[Poi
     return report
 
 
+class _SayWriter(io.TextIOBase):
+    """A text stream that hands every complete line to `say`, which writes with the stdout of the
+    moment the writer was made (`say` may print to stdout itself)."""
+
+    def __init__(self, say: Callable[[str], None], indent: str = ""):
+        self._say, self._indent, self._pending, self._stdout = say, indent, "", sys.stdout
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self._emit(line)
+        return len(text)
+
+    def flush(self) -> None:
+        self._emit(self._pending)
+        self._pending = ""
+
+    def _emit(self, line: str) -> None:
+        if line.strip():
+            with redirect_stdout(self._stdout):
+                self._say(self._indent + line)
+
+
 def _pruner(kind: str) -> optuna.pruners.BasePruner:
     if kind == "successive-halving":
         return optuna.pruners.SuccessiveHalvingPruner()
@@ -364,7 +483,7 @@ def _pruner(kind: str) -> optuna.pruners.BasePruner:
 
 def _write_outputs(config: SearchConfig, space: SearchSpace, points: list[Point], result: VariantResult,
                    storage_url: str) -> dict[str, Path]:
-    out = config.output / f"litv2-{result.variant}"
+    out = config.output / result.study  # one folder per study: two studies in one --output never mix files
     objectives = list(config.objectives)
     front_labels = {r.label for r in result.front}
     for row in result.rows:
@@ -383,6 +502,8 @@ def _write_outputs(config: SearchConfig, space: SearchSpace, points: list[Point]
         "throughput_images_per_s": chosen.values.get("throughput"),
         "throughput_spread_iqr_over_median": chosen.details.get("throughput_spread"),
         "throughput_stable": chosen.details.get("throughput_stable"),
+        "throughput_rounds": chosen.details.get("throughput_rounds"),
+        "drift_check": result.drift_checks[-1] if result.drift_checks else None,
         **({"latency_ms": chosen.values["latency"]} if "latency" in chosen.values else {}),
         **({"peak_memory_bytes": chosen.values["memory"], "memory_method": chosen.details.get("memory_method")}
            if "memory" in chosen.values else {}),
@@ -406,7 +527,8 @@ def _write_outputs(config: SearchConfig, space: SearchSpace, points: list[Point]
              f"{config.batch_size}, {config.mode}, {chosen.details.get('device')}")
     files["plot_png"] = pareto.plot_front(result.rows, result.front, chosen, objectives, out / "pareto.png",
                                           paper_label=paper_label, title=title)
-    html = pareto.plot_front_html(result.rows, result.front, chosen, objectives, out / "pareto.html", title=title)
+    html = pareto.plot_front_html(result.rows, result.front, chosen, objectives, out / "pareto.html", title=title,
+                                  paper_label=paper_label)
     if html is not None:
         files["plot_html"] = html
     summary = {
@@ -415,7 +537,8 @@ def _write_outputs(config: SearchConfig, space: SearchSpace, points: list[Point]
         "chosen": chosen.as_dict(), "paper_default": paper_label, "front": [r.as_dict() for r in result.front],
         "points": [r.as_dict() for r in result.rows], "provenance": provenance,
         "distinct_points": len(points), "requested_alphas": list(space.alphas),
-        "requested_windows": [list(w) for w in space.window_options()], "note": FLAT_ACCURACY_NOTE,
+        "requested_windows": [list(w) for w in space.window_options()], "drift_checks": result.drift_checks,
+        "note": FLAT_ACCURACY_NOTE,
     }
     files["json"] = pareto.write_json(summary, out / "search.json")
     return files
