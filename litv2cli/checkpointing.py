@@ -55,6 +55,7 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState, 
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()  # before the barrier: other ranks write their shards and RNG states into it at once
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
     if accelerator.is_main_process:

@@ -1,9 +1,9 @@
 """`litv2 bench model` and `litv2 bench attention` in CI size: tiny LITv2-T, batch 2, few repeats.
 
-Each command runs once per module (every memory measurement and every round of timing on a
-CPU starts a fresh process, which is what takes time) and the tests read its output: the
-rows, every measured number, the table as an 80-column terminal shows it, the files. Speeds
-are never compared, only checked to be there.
+Each command runs once per module (on a CPU every memory measurement, and the timing of a
+whole command, runs in a fresh process: that is what takes time) and the tests read its
+output: the rows, every measured number, the table as an 80-column terminal shows it, the
+files. Speeds are never compared, only checked to be there.
 """
 
 import contextlib
