@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from litv2cli.checkpointing import list_checkpoints
 from litv2cli.config import Recipe, save_recipe
 from litv2cli.errors import UserError
 from litv2cli.launch import LaunchPlan, run_launched
@@ -13,12 +12,21 @@ from litv2cli.runs import RunSpec
 from litv2cli.worker import run_spec
 
 
+# Everything a run writes at the top of its directory.
+RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "checkpoints", "model.safetensors", "model_ema.safetensors")
+
+
 def prepare_run_dir(output: Path, *, resuming: bool) -> None:
-    """Refuse to overwrite a run (nothing already written is lost) and check we can write there."""
+    """Refuse to overwrite a run (nothing already written is lost) and check we can write there.
+
+    Without --resume, any file of a run counts: a run killed before its first checkpoint still
+    has its config, spec and metrics, which a new run would overwrite or append to."""
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} exists and is not a directory")
-    if not resuming and (list_checkpoints(output) or (output / "model.safetensors").exists()):
-        raise UserError(f"--output {output} already holds a run; continue it with --resume auto or pick another --output")
+    found = [name for name in RUN_FILES if (output / name).exists()] if output.is_dir() and not resuming else []
+    if found:
+        raise UserError(f"--output {output} already holds a run ({', '.join(found)}); continue it with --resume auto "
+                        "or pick another --output")
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -95,12 +95,7 @@ def plot_throughput_vs_flops(rows: Sequence[dict[str, Any]], path: Path, caption
     axes.set_ylabel("Throughput (images/s)")
     axes.set_title("Throughput vs FLOPs", fontsize=11)
     axes.grid(alpha=0.3)
-    figure.text(0.01, 0.01, caption, fontsize=6, wrap=True)
-    figure.tight_layout(rect=(0, 0.06, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return _save_figure(plt, figure, path, caption, bottom=0.06, dpi=120)
 
 
 def plot_attention_metrics(rows: Sequence[dict[str, Any]], path: Path, caption: str) -> Path:
@@ -123,10 +118,15 @@ def plot_attention_metrics(rows: Sequence[dict[str, Any]], path: Path, caption: 
         axes.set_title(title, fontsize=10)
         axes.grid(alpha=0.3)
     panels[0].legend(fontsize=8)
+    return _save_figure(plt, figure, path, caption, bottom=0.07, dpi=110)
+
+
+def _save_figure(plt, figure, path: Path, caption: str, *, bottom: float, dpi: int) -> Path:
+    """The protocol line under the plot, then write it (the caption says how it was measured)."""
     figure.text(0.01, 0.01, caption, fontsize=6, wrap=True)
-    figure.tight_layout(rect=(0, 0.07, 1, 1))
+    figure.tight_layout(rect=(0, bottom, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=dpi)
     plt.close(figure)
     return path
 

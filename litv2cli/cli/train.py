@@ -66,20 +66,6 @@ def _resolve_logging(log_with: str | None) -> list[str]:
     return ["tensorboard"]
 
 
-# Everything a run writes at the top of its directory.
-RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "checkpoints", "model.safetensors", "model_ema.safetensors")
-
-
-def _refuse_earlier_run(out: Path, *, resuming: bool) -> None:
-    """Without --resume, leave a directory that holds any file of a run untouched: a run killed
-    before its first checkpoint still has its config, spec and metrics, which a new run would
-    overwrite or append to."""
-    found = [name for name in RUN_FILES if (out / name).exists()] if out.is_dir() and not resuming else []
-    if found:
-        raise UserError(f"--output {out} already holds a run ({', '.join(found)}); continue it with --resume auto "
-                        "or pick another --output")
-
-
 def _check_one_step_fits(data: str, train_size: int, recipe: Recipe, world_size: int) -> None:
     """An epoch is truncated to whole steps of every process; refuse a split smaller than one."""
     per_step = recipe.batch_size * recipe.accum * world_size
@@ -145,7 +131,6 @@ def _launch_and_spec(*, recipe: Recipe, data, image_column, label_column, stream
     plan = launch.plan(gpus, nodes, node_rank, main_addr, main_port, deepspeed=bool(ds_path))
     _check_one_step_fits(data, info.train_size, recipe, plan.processes * plan.nodes)
     out = (output or default_run_dir(recipe.variant, prefix)).resolve()
-    _refuse_earlier_run(out, resuming=resume is not None)
     runner.prepare_run_dir(out, resuming=resume is not None)
     if resume is not None and (out / "run.json").is_file():
         previous = RunSpec.load(out / "run.json")
