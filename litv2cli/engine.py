@@ -28,6 +28,7 @@ from litv2cli.checkpointing import TrainState
 from litv2cli.config import Recipe
 from litv2cli.data import build_eval_transform, build_train_transform, collate_skip_corrupt, open_split
 from litv2cli.evaluate import evaluate
+from litv2cli.launch import pin_deepspeed_to_cpu_without_cuda
 from litv2cli.losses import build_loss
 from litv2cli.models import create_model
 from litv2cli.optim import build_optimizer, build_scheduler
@@ -64,6 +65,7 @@ def resolve_precision(requested: str) -> str:
 
 
 def make_accelerator(spec: RunSpec, recipe: Recipe, run_dir: Path, hidden_size: int) -> Accelerator:
+    pin_deepspeed_to_cpu_without_cuda()
     precision = resolve_precision(spec.precision)
     kwargs: dict[str, Any] = dict(
         mixed_precision=precision,
@@ -140,8 +142,10 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
     apply_activation_checkpointing(model, check_fn=lambda m: type(m).__name__.endswith("Block"))
 
 
-def train(spec: RunSpec, *, on_eval: EvalCallback | None = None) -> dict[str, Any]:
-    """Run (or resume) training as described by `spec`; returns the last evaluation."""
+def train(spec: RunSpec, *, on_eval: EvalCallback | None = None,
+          stop_hint: str = "resume with --resume auto") -> dict[str, Any]:
+    """Run (or resume) training as described by `spec`; returns the last evaluation. `stop_hint`
+    ends the line printed when a signal stops the run (callers that resume otherwise say how)."""
     recipe = Recipe.model_validate(spec.recipe)
     run_dir = Path(spec.output)
     train_set, val_set = (open_split(spec.data, split, image_column=spec.image_column,
@@ -276,7 +280,7 @@ def train(spec: RunSpec, *, on_eval: EvalCallback | None = None) -> dict[str, An
                     save(accelerator, run_dir, state, spec.keep, ema)
                 if flags[1] > 0:
                     metrics.write(event="stopped", step=state.step, epoch=state.epoch, reason="signal")
-                    accelerator.print(f"stopped by signal at step {state.step}; resume with --resume auto")
+                    accelerator.print(f"stopped by signal at step {state.step}; {stop_hint}")
                     return last_eval
                 if reached_max or state.position >= per_rank:
                     break

@@ -12,6 +12,7 @@ from litv2cli.config import Recipe
 from litv2cli.engine import resolve_precision
 from litv2cli.data import build_eval_transform, open_split
 from litv2cli.evaluate import evaluate
+from litv2cli.launch import pin_deepspeed_to_cpu_without_cuda
 from litv2cli.models import create_model
 from litv2cli.runs import RunSpec
 from litv2cli.weights import load_into, read_state_dict
@@ -19,6 +20,7 @@ from litv2cli.weights import load_into, read_state_dict
 
 def run_evaluation(spec: RunSpec) -> dict:
     recipe = Recipe.model_validate(spec.recipe)
+    pin_deepspeed_to_cpu_without_cuda()
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=resolve_precision(spec.precision))
     dataset = open_split(spec.data, spec.val_split, image_column=spec.image_column, label_column=spec.label_column)
     dataset.set_transform(build_eval_transform(recipe.res, crop_pct=recipe.eval_crop_pct,

@@ -33,6 +33,15 @@ class LaunchPlan:
     needs_launcher: bool = False
 
 
+def pin_deepspeed_to_cpu_without_cuda() -> None:
+    """Runs without CUDA train on the CPU; tell DeepSpeed so, which it would otherwise guess and
+    announce with a warning line in every process (a user's own DS_ACCELERATOR wins)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def inside_launcher() -> bool:
     """True when this process is already one rank of a launched job."""
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ

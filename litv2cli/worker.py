@@ -15,6 +15,7 @@ def run_spec(spec: RunSpec) -> int:
     """Run a spec in this process; user-facing failures become one line and an exit code."""
     from litv2cli import engine
 
+    finished = False
     try:
         if spec.task == "eval":
             from litv2cli.evaluation_run import run_evaluation
@@ -22,6 +23,7 @@ def run_spec(spec: RunSpec) -> int:
             run_evaluation(spec)
         else:
             engine.train(spec)
+        finished = True
     except (UserError, engine.ResumeMismatch) as exc:
         print(f"litv2: error: {exc}", file=sys.stderr)
         return 2
@@ -31,7 +33,21 @@ def run_spec(spec: RunSpec) -> int:
     except engine.CheckpointWriteError as exc:
         print(f"litv2: error: {exc}", file=sys.stderr)
         return 4
+    finally:
+        _leave_process_group(wait=finished)
     return 0
+
+
+def _leave_process_group(*, wait: bool) -> None:
+    """Leave the process group before the interpreter exits: left to exit, gloo's connection
+    threads can abort a rank ("terminate called without an active exception") while its peer is
+    still closing. The barrier lets every rank finish first; after an error nobody waits."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def main(argv: list[str]) -> int:

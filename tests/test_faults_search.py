@@ -25,7 +25,9 @@ from optuna.trial import TrialState
 
 from litv2cli.cli.main import main
 from litv2cli.search.space import SearchSpace
-from litv2cli.search.study import DUPLICATE_OF, make_sampler, open_storage, open_study, run_points
+from litv2cli.search.study import (
+    DUPLICATE_OF, HEARTBEAT, Heartbeat, fail_stale_trials, make_sampler, open_storage, open_study, run_points,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 # 5 points (alpha 0, 0.25, ..., 1 at window 2); enough timed steps that a trial lasts a moment.
@@ -58,15 +60,12 @@ def trials(url: str) -> list[optuna.trial.FrozenTrial]:
 
 def evaluating(kind: str, url: str) -> tuple[int, int] | None:
     """(completed trials, number of a trial that has chosen its point and is still running), once both
-    exist; on SQLite the running trial must also have sent its first heartbeat (the kill of a worker
-    before that is test_a_trial_killed_before_its_first_heartbeat_is_evaluated_again). Reads without
-    creating anything: the worker must be the one that creates the storage."""
+    exist. Reads without creating anything: the worker must be the one that creates the storage."""
     if kind == "sqlite":
         try:
             with sqlite3.connect(f"file:{url.removeprefix('sqlite:///')}?mode=ro", uri=True, timeout=1) as db:
                 rows = db.execute("SELECT t.number, t.state FROM trials t JOIN trial_params p ON p.trial_id = "
-                                  "t.trial_id JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
-                                  "WHERE p.param_name = 'point'").fetchall()
+                                  "t.trial_id WHERE p.param_name = 'point'").fetchall()
         except sqlite3.Error:  # not created yet, or locked for a moment
             return None
     else:
@@ -127,21 +126,17 @@ def time_limit(seconds: int):
         signal.signal(signal.SIGALRM, previous)
 
 
-def backdate_heartbeats(database: Path) -> None:
-    """As if the heartbeat grace period (120 s) had passed since the killed worker's last beat."""
-    with sqlite3.connect(database) as connection:
-        assert connection.execute("SELECT COUNT(*) FROM trial_heartbeats").fetchone()[0] > 0
-        connection.execute("UPDATE trial_heartbeats SET heartbeat = '2000-01-01 00:00:00'")
+def backdate_heartbeats(url: str) -> None:
+    """As if the grace period (120 s) had passed since the killed worker's last heartbeat."""
+    study = optuna.load_study(study_name=STUDY, storage=open_storage(url))
+    running = study.get_trials(states=(TrialState.RUNNING,))
+    assert running
+    for trial in running:
+        study._storage.set_trial_user_attr(trial._trial_id, HEARTBEAT, 0.0)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", [
-    "sqlite",
-    pytest.param("journal", marks=pytest.mark.xfail(strict=True, reason=(
-        "search/study.py: a journal storage has no heartbeats, so the trial of a SIGKILLed worker stays RUNNING "
-        "forever; re-running the command prints 'points are still being evaluated by other processes' and the "
-        "point is never evaluated"))),
-])
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_a_worker_killed_mid_trial_leaves_a_study_that_a_rerun_completes_once_per_point(kind, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
@@ -154,8 +149,7 @@ def test_a_worker_killed_mid_trial_leaves_a_study_that_a_rerun_completes_once_pe
     assert all(t.values is not None for t in after_kill.values() if t.state == TrialState.COMPLETE)
     killed_point = after_kill[killed].params["point"]
 
-    if kind == "sqlite":
-        backdate_heartbeats(out / "search.db")
+    backdate_heartbeats(url)
     with time_limit(120):
         assert main(command) == 0, capsys.readouterr().err
     measured_now = re.findall(r"\btrial \d+: \S+: [\d.]+ images/s", capsys.readouterr().out)
@@ -171,10 +165,6 @@ def test_a_worker_killed_mid_trial_leaves_a_study_that_a_rerun_completes_once_pe
     assert sorted(row["label"] for row in summary["points"] if row["status"] == "ok") == POINTS
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "search/study.py: a worker killed after its trial chose a point but before the heartbeat thread's first write "
-    "leaves a RUNNING trial with no heartbeat row; optuna's fail_stale_trials never fails such a trial, so "
-    "run_points counts the point as running elsewhere and runner._finish waits for it forever (the re-run hangs)"))
 def test_a_trial_killed_before_its_first_heartbeat_is_evaluated_again(tmp_path):
     url = f"sqlite:///{tmp_path / 'search.db'}"
     space = SearchSpace(variant="t", num_heads=(1, 2, 4, 8), alphas=(0.0, 1.0), windows=(2,), per_stage_window=False,
@@ -193,6 +183,28 @@ def test_a_trial_killed_before_its_first_heartbeat_is_evaluated_again(tmp_path):
     evaluated: list[str] = []
     run_points(study(), points, lambda trial, point: evaluated.append(point.label) or 1.0)
     assert sorted(evaluated) == sorted(labels)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_beating_trial_stays_running_and_a_silent_one_is_failed(kind, tmp_path):
+    url = f"sqlite:///{tmp_path / 'search.db'}" if kind == "sqlite" else str(tmp_path / "search.log")
+    study = open_study(open_storage(url), "study", directions=["maximize"], fingerprint={},
+                       sampler=make_sampler("grid", ["a", "b"]))
+    trial = study.ask()
+
+    def last_beat() -> float:
+        return study.get_trials(deepcopy=False)[0].user_attrs[HEARTBEAT]
+
+    with Heartbeat(trial, interval=0.02):
+        first = last_beat()
+        deadline = time.monotonic() + 30
+        while last_beat() == first and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert last_beat() > first  # the thread beats, not only the start
+        assert fail_stale_trials(study, grace_period=30) == []
+    time.sleep(0.1)
+    assert fail_stale_trials(study, grace_period=0.05) == [trial.number]
+    assert study.get_trials()[0].state == TrialState.FAIL
 
 
 def search_with_storage(tmp_path: Path, storage: str) -> list[str]:
@@ -218,13 +230,8 @@ def test_a_corrupt_sqlite_file_is_one_clear_line_and_is_left_as_it_was(tmp_path,
     ("sqlite:///{tmp}", "unable to open database file"),  # a directory where the database file should be
     ("sqlite:///{tmp}/no-such-dir/search.db", "does not exist"),
     ("postgresql://someone:secret-password@127.0.0.1:1/litv2", "someone:***@"),  # no driver here, or no server
-    pytest.param("journal:{tmp}", "", marks=pytest.mark.xfail(strict=True, reason=(
-        "search/study.py open_storage: a journal path that is a directory gives an IsADirectoryError traceback "
-        "from optuna's JournalFileBackend when the study is created"))),
-    pytest.param("journal:{garbage}", "", marks=pytest.mark.xfail(strict=True, reason=(
-        "search/study.py open_storage: a journal file holding other bytes gives a traceback from optuna's journal "
-        "replay when the study is created (UnicodeDecodeError here; AssertionError 'Should not reach.' for ASCII "
-        "such as an SQLite file)"))),
+    ("journal:{tmp}", "is a directory"),
+    ("journal:{garbage}", "not an Optuna journal"),
 ], ids=["sqlite-directory", "sqlite-missing-directory", "postgresql-no-driver-or-server", "journal-directory",
         "journal-garbage"])
 def test_unreachable_or_unreadable_storage_is_one_clear_line(storage, fragment, tmp_path, capsys):
@@ -233,3 +240,4 @@ def test_unreachable_or_unreadable_storage_is_one_clear_line(storage, fragment, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("litv2: error:") and len(err.splitlines()) == 1 and "Traceback" not in err
     assert fragment in err and "secret-password" not in err
+    assert (tmp_path / "garbage.log").read_bytes() == bytes(range(200, 256)) * 64  # a wrong file is left as it was

@@ -4,7 +4,6 @@ measured on the device at hand (CUDA when present, else CPU)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +13,7 @@ from rich.console import Console
 
 from litv2cli.cli.options import JsonOutput, check_variant, parse_resolution
 from litv2cli.errors import UserError
+from litv2cli.paths import check_creatable_dir
 
 app = typer.Typer(name="bench", help="Benchmark speed and memory: LITv2 against its peers, HiLo against other "
                   "attentions.", no_args_is_help=True)
@@ -106,13 +106,8 @@ def _split(text: str) -> list[str]:
 
 def _check_output(output: Path | None) -> None:
     """Refuse an --output that cannot become a directory now, not after minutes of measuring."""
-    if output is None:
-        return
-    existing = output.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise UserError(f"--output {output}: cannot create a directory there ({existing} is not a writable directory)")
+    if output is not None:
+        check_creatable_dir(output)
 
 
 def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:

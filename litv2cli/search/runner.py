@@ -22,9 +22,8 @@ from __future__ import annotations
 import io
 import sys
 import time
-import warnings
 from collections.abc import Callable
-from contextlib import contextmanager, redirect_stdout
+from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,11 +31,12 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
+from litv2cli.data import describe_source
 from litv2cli.errors import UserError
 from litv2cli.measure import MAX_SPREAD, default_device, device_name
+from litv2cli.paths import check_creatable_dir, make_dir
 from litv2cli.search import pareto
 from litv2cli.search.evaluate import (
     MeasureSettings, ProxySettings, load_proxy_batches, measure_point, remeasure_throughput,
@@ -46,8 +46,8 @@ from litv2cli.search.proxies import DEFAULT_PROXIES, combine_by_rank
 from litv2cli.search.recipes import FLAT_ACCURACY_NOTE, build_provenance, write_searched_recipe
 from litv2cli.search.space import DEFAULT_ALPHAS, DEFAULT_WINDOWS, Point, SearchSpace, build_space, paper_default_label
 from litv2cli.search.study import (
-    FAIL_REASON, WorkerReport, default_storage_url, evaluated_trials, make_sampler, open_storage, open_study,
-    point_status, redact, run_points,
+    FAIL_REASON, GRACE_PERIOD_S, WorkerReport, default_storage_url, evaluated_trials, fail_stale_trials,
+    make_sampler, open_storage, open_study, point_status, redact, run_points,
 )
 from litv2cli.search.train_proxy import TrainBudget, train_point
 
@@ -129,10 +129,14 @@ def run_search(config: SearchConfig, *, say: Callable[[str], None] = print) -> l
         raise UserError(f"--proxy {config.proxy} needs --data (an image dataset, or 'demo' for the built-in one)")
     if config.proxy == "train" and config.wants_top1 and config.train_budget is None:
         raise UserError("--proxy train needs a training budget")
-    config.output.mkdir(parents=True, exist_ok=True)
+    # Everything the user can get wrong is checked before the first file is written.
+    check_creatable_dir(config.output)
+    proxy_settings = _proxy_settings(config, say) if config.wants_top1 and config.proxy == "zero-cost" else None
+    if config.wants_top1 and config.proxy == "train":
+        describe_source(config.data)
+    make_dir(config.output)
     storage_url = config.storage or default_storage_url(config.output)
     storage = open_storage(storage_url)
-    proxy_settings = _proxy_settings(config, say) if config.wants_top1 and config.proxy == "zero-cost" else None
     results = []
     try:
         for variant in config.variants:
@@ -176,7 +180,7 @@ def search_variant(config: SearchConfig, space: SearchSpace, storage: optuna.sto
             trial.set_user_attr(key, value)
         return tuple(float(metrics[n]) for n in measured)
 
-    report = _finish(study, points, evaluate, config, storage, say)
+    report = _finish(study, points, evaluate, config, say)
     rows = measured_rows(study, points)
     _say_unstable(rows, say)
     _check_drift(study, rows, points, report, settings, say)
@@ -244,12 +248,11 @@ def _proxy_settings(config: SearchConfig, say: Callable[[str], None]) -> ProxySe
 
 
 def _finish(study: optuna.Study, points: list[Point], evaluate, config: SearchConfig,
-            storage: optuna.storages.BaseStorage, say: Callable[[str], None]) -> WorkerReport:
+            say: Callable[[str], None]) -> WorkerReport:
     """Evaluate pending points; then wait for points other processes are evaluating (their
     heartbeats tell when one died: its point becomes pending again and is evaluated here)."""
     total = WorkerReport()
     waiting_said = False
-    heartbeat = isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval() is not None
     labels = [p.label for p in points]
     status = point_status(study, labels, retry_failed_before=datetime.now() if config.retry_failed else None)
     if status.done or status.running:
@@ -269,24 +272,13 @@ def _finish(study: optuna.Study, points: list[Point], evaluate, config: SearchCo
         running = point_status(study, labels).running
         if not running:
             break
-        if not heartbeat:
-            say(f"{len(running)} points are still being evaluated by other processes; this storage has no "
-                "heartbeats, so they are left out of this report (run the command again later to include them)")
-            break
         if not waiting_said:
-            say(f"waiting for {len(running)} points being evaluated by other processes")
+            say(f"waiting for {len(running)} points being evaluated by other processes (a point whose worker is "
+                f"silent for {GRACE_PERIOD_S} s is evaluated here)")
             waiting_said = True
         time.sleep(POLL_S)
-        with _quiet():
-            optuna.storages.fail_stale_trials(study)
+        fail_stale_trials(study)
     return total
-
-
-@contextmanager
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield
 
 
 def _say_trial(trial: optuna.trial.FrozenTrial, say: Callable[[str], None], *, progress: str = "") -> None:
@@ -414,7 +406,7 @@ def _train_phase(config: SearchConfig, variant: str, name: str, points: list[Poi
         finally:
             writer.flush()
 
-    report = _finish(study, candidates, evaluate, config, storage, say)
+    report = _finish(study, candidates, evaluate, config, say)
     results: dict[str, optuna.trial.FrozenTrial] = {}
     for trial in evaluated_trials(study):
         label = trial.params["point"]

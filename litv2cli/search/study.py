@@ -6,8 +6,13 @@ same command continues the study, and several processes on one study split the p
 - Storage: SQLite in the output directory by default (`sqlite:///<output>/search.db`), any
   Optuna RDB URL (PostgreSQL, MySQL), or an append-only journal file (`journal:PATH` or a path
   ending in `.log`, Optuna's `JournalFileBackend`) for many workers on a shared filesystem,
-  where SQLite's locking is unsafe. RDB storages send heartbeats: a worker killed outright has
-  its trial marked failed after the grace period, and the point is evaluated again.
+  where SQLite's locking is unsafe.
+- Heartbeats, the same on every storage: a running trial's worker writes the time into the
+  trial's user attribute `heartbeat` every 30 s. A RUNNING trial silent for the grace period
+  (120 s; counted from its start if it never beat) belongs to a dead worker: any worker marks it
+  failed and its point is evaluated again. Optuna's own heartbeats exist for RDB storages only
+  and begin after the trial is created, so a worker killed in between would leave a trial
+  RUNNING forever.
 - Every trial suggests one categorical parameter, `point`, whose values are the labels of the
   space's distinct points (`a0.9-w2.1`); alpha, windows and heads are stored as user attributes.
 - Duplicate guard: `GridSampler` can give the same point to two workers. Before evaluating, a
@@ -28,6 +33,7 @@ import logging
 import math
 import random
 import re
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -48,8 +54,11 @@ PARAM = "point"
 FAIL_REASON = "fail_reason"
 DUPLICATE_OF = "duplicate_of"
 INTERRUPTED = "interrupted"
+HEARTBEAT = "heartbeat"  # user attribute: epoch seconds of the worker's last sign of life
 HEARTBEAT_INTERVAL_S = 30
 GRACE_PERIOD_S = 120
+# Errors of two processes creating one new database at once (worth another try); others are final.
+TRANSIENT = ("locked", "busy", "already exists", "UNIQUE constraint", "no longer compatible")
 
 Evaluate = Callable[[optuna.Trial, Point], Sequence[float] | float]
 
@@ -63,8 +72,7 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
 
 
-def open_storage(url: str, *, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
-                 grace_period: int = GRACE_PERIOD_S) -> optuna.storages.BaseStorage:
+def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna storage for `url`: `journal:PATH` or `*.log` -> journal file, else an RDB URL."""
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
@@ -73,7 +81,15 @@ def open_storage(url: str, *, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
         path = Path(url.removeprefix("journal:")).expanduser()
         if not path.parent.is_dir():
             raise UserError(f"--storage {url}: directory {path.parent} does not exist")
-        return JournalStorage(JournalFileBackend(str(path)))
+        _check_journal(path, url)
+        try:
+            storage = JournalStorage(JournalFileBackend(str(path)))
+            storage.get_all_studies()  # replays the log: a damaged one fails here, not mid-search
+        except OSError as exc:
+            raise UserError(f"cannot open storage {url}: {exc.strerror or exc}") from None
+        except Exception as exc:
+            raise UserError(f"cannot open storage {url}: not a readable Optuna journal ({_one_line(exc)})") from None
+        return storage
     if "://" not in url:
         raise UserError(f"--storage {url!r}: give an Optuna storage URL (sqlite:///file.db, postgresql://...) "
                         "or a journal file (journal:PATH or PATH.log)")
@@ -89,14 +105,37 @@ def open_storage(url: str, *, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                                  grace_period=grace_period)
+                return RDBStorage(url, engine_kwargs=engine_kwargs)
         except ImportError as exc:
             raise UserError(f"--storage {redact(url)}: its database driver is not installed ({exc})") from None
         except Exception as exc:  # sqlalchemy's OperationalError and friends
             last_error = exc
+            if not any(sign in str(exc) for sign in TRANSIENT):
+                break  # not a database, no server, bad credentials: trying again will not help
             time.sleep(0.5 + random.random() * attempt)
     raise UserError(f"cannot open storage {redact(url)}: {_one_line(last_error)}")
+
+
+def _check_journal(path: Path, url: str) -> None:
+    """Refuse a path that is not an Optuna journal before Optuna appends to it: its reader skips a
+    first line without a newline, and the next write would then corrupt that file for good."""
+    if path.is_dir():
+        raise UserError(f"cannot open storage {url}: {path} is a directory, not a journal file")
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        with path.open("rb") as file:
+            head = file.read(1 << 16)
+    except OSError as exc:
+        raise UserError(f"cannot open storage {url}: {exc.strerror or exc}") from None
+    first = head.split(b"\n", 1)[0]
+    try:
+        record = json.loads(first) if b"\n" in head else None
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or "op_code" not in record:
+        raise UserError(f"cannot open storage {url}: {path} is not an Optuna journal file (its first line is not a "
+                        "journal record); left unchanged")
 
 
 def open_study(storage: optuna.storages.BaseStorage, name: str, *, directions: Sequence[str],
@@ -190,9 +229,7 @@ def run_points(study: optuna.Study, points: Sequence[Point], evaluate: Evaluate,
     report = WorkerReport()
     rng = rng or random.Random()
     last_was_duplicate = False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+    fail_stale_trials(study)
     while True:
         status = point_status(study, labels, retry_failed_before=retry_before, attempted=attempted)
         if not status.pending:
@@ -226,6 +263,54 @@ def run_points(study: optuna.Study, points: Sequence[Point], evaluate: Evaluate,
     return report
 
 
+def fail_stale_trials(study: optuna.Study, grace_period: float = GRACE_PERIOD_S) -> list[int]:
+    """Mark failed every RUNNING trial whose worker has been silent for `grace_period` seconds
+    (no heartbeat, or none since its start); returns their numbers. Their points become pending."""
+    now = time.time()
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        seen = trial.user_attrs.get(HEARTBEAT)
+        if seen is None and trial.datetime_start is not None:
+            seen = trial.datetime_start.timestamp()
+        if seen is None or now - float(seen) <= grace_period:
+            continue
+        try:  # no public API fails another process's trial; Optuna's own stale check does the same
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):  # finished or failed meanwhile
+            continue
+        failed.append(trial.number)
+        log.warning("trial %d: no heartbeat for %.0f s, its worker is gone; marked failed", trial.number, now - seen)
+    return failed
+
+
+class Heartbeat:
+    """While the block runs, a daemon thread writes the time into the trial's `heartbeat` every
+    `interval` seconds, so other workers can tell a slow trial from a dead one."""
+
+    def __init__(self, trial: optuna.Trial, interval: float = HEARTBEAT_INTERVAL_S):
+        self.trial, self.interval = trial, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat_until_stopped, name=f"heartbeat-{trial.number}",
+                                        daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self.trial.set_user_attr(HEARTBEAT, time.time())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat_until_stopped(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.trial.set_user_attr(HEARTBEAT, time.time())
+            except Exception as exc:  # the trial was failed by another worker, or the storage is gone
+                log.warning("trial %d: heartbeat stopped: %s", self.trial.number, _one_line(exc))
+                return
+
+
 # --- internals ---------------------------------------------------------------------------
 
 
@@ -257,27 +342,32 @@ def _objective(study: optuna.Study, by_label: dict[str, Point], choices: list[st
         if owner is not None:
             trial.set_user_attr(DUPLICATE_OF, owner)
             raise optuna.TrialPruned(f"{label} is already taken by trial {owner}")
-        point = by_label[label]
-        trial.set_user_attr("alpha", point.alpha)
-        trial.set_user_attr("alphas", list(point.alphas))
-        trial.set_user_attr("window", list(point.window))
-        trial.set_user_attr("lofi_heads", list(point.lofi_heads))
-        try:
-            values = evaluate(trial, point)
-            flat = [values] if isinstance(values, (int, float)) else list(values)
-            if not all(math.isfinite(v) for v in flat):
-                raise FloatingPointError(f"non-finite objective values {flat}")
-        except optuna.TrialPruned:
-            raise
-        except KeyboardInterrupt:
-            trial.set_user_attr(FAIL_REASON, INTERRUPTED)
-            raise
-        except Exception as exc:
-            trial.set_user_attr(FAIL_REASON, _one_line(exc))
-            log.warning("point %s failed: %s", label, _one_line(exc))
-            raise
-        return values
+        with Heartbeat(trial):
+            return _evaluate(trial, by_label[label], evaluate)
     return objective
+
+
+def _evaluate(trial: optuna.Trial, point: Point, evaluate: Evaluate) -> Sequence[float] | float:
+    """Evaluate one point; a failure's reason goes into the trial, Ctrl-C marks it to be redone."""
+    trial.set_user_attr("alpha", point.alpha)
+    trial.set_user_attr("alphas", list(point.alphas))
+    trial.set_user_attr("window", list(point.window))
+    trial.set_user_attr("lofi_heads", list(point.lofi_heads))
+    try:
+        values = evaluate(trial, point)
+        flat = [values] if isinstance(values, (int, float)) else list(values)
+        if not all(math.isfinite(v) for v in flat):
+            raise FloatingPointError(f"non-finite objective values {flat}")
+    except optuna.TrialPruned:
+        raise
+    except KeyboardInterrupt:
+        trial.set_user_attr(FAIL_REASON, INTERRUPTED)
+        raise
+    except Exception as exc:
+        trial.set_user_attr(FAIL_REASON, _one_line(exc))
+        log.warning("point %s failed: %s", point.label, _one_line(exc))
+        raise
+    return values
 
 
 def _other_owner(study: optuna.Study, label: str, number: int, retry_before: datetime | None) -> int | None:

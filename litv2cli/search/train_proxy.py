@@ -74,7 +74,7 @@ def train_point(trial: optuna.Trial, variant: str, point: Point, budget: TrainBu
             return True
         return False
 
-    last = train(spec, on_eval=on_eval)
+    last = train(spec, on_eval=on_eval, stop_hint="run the same search again to train this point afresh")
     records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     _drop_weights(run_dir)
     if any(r.get("event") == "stopped" for r in records):
