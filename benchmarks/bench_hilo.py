@@ -9,7 +9,8 @@
 - `layer`: one HiLo layer of LITv2-S stage 3 (dim 384, 12 heads, window 2, alpha 0.9) on a
   14 x 14 map, fast `HiLo` against `HiLoReference` (the paper's equations, explicit
   softmax(QK^T)V), same weights; and, for inference, the layer's five linear layers alone on
-  inputs of their shapes: the part neither implementation can avoid.
+  inputs of their shapes (the part neither implementation can avoid), and the fast layer with
+  its output projections concatenated instead of sharing one buffer.
 - `model`: LITv2-S with each of them (and, with --compile, the fast one under torch.compile;
   with --bound, LITv2-S whose attention layers return their input: what the model costs
   without attention, so reference / bound is the most any attention speed-up can give).
@@ -161,10 +162,21 @@ def bench_layer(args: argparse.Namespace) -> list[dict]:
         steps = {"hilo_reference": make(reference, inputs, 14, 14), "hilo": make(fast, inputs, 14, 14)}
         if mode == "infer":
             steps["linear layers only"] = make(LinearLayersOnly(fast, tokens))
+            concatenating = ConcatenatedOutputs(384, 12, window_size=2, alpha=0.9)
+            concatenating.load_state_dict(fast.state_dict(), strict=True)
+            steps["hilo, outputs concatenated"] = make(concatenating, inputs, 14, 14)
         seconds = interleaved(steps, args.warmup, args.repeats)
         title = f"HiLo layer, dim 384, 12 heads, s=2, alpha 0.9, 14x14, batch {args.batch}, {mode}"
         results.append(report(title, seconds, args.batch, "hilo_reference"))
     return results
+
+
+class ConcatenatedOutputs(HiLo):
+    """The fast layer with its inference output step undone (`h_proj` and `l_proj` concatenated
+    as under autograd): what writing both into one buffer saves."""
+
+    def output(self, hifi: torch.Tensor, lofi: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.h_proj(hifi), self.l_proj(lofi)], dim=-1)
 
 
 class Skip(nn.Module):
