@@ -13,6 +13,8 @@ def check_creatable_dir(path: Path, option: str = "--output") -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{option} {path} exists and is not a directory")
+    if path.is_dir() and not os.access(path, os.W_OK):
+        raise UserError(f"{option} {path} is not writable")
     existing = path.absolute()
     while not existing.exists():
         existing = existing.parent

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from litv2cli.config import Recipe, save_recipe
 from litv2cli.errors import UserError
 from litv2cli.launch import LaunchPlan, run_launched
+from litv2cli.paths import make_dir
 from litv2cli.runs import RunSpec
 from litv2cli.worker import run_spec
 
@@ -21,18 +21,11 @@ def prepare_run_dir(output: Path, *, resuming: bool) -> None:
 
     Without --resume, any file of a run counts: a run killed before its first checkpoint still
     has its config, spec and metrics, which a new run would overwrite or append to."""
-    if output.exists() and not output.is_dir():
-        raise UserError(f"--output {output} exists and is not a directory")
     found = [name for name in RUN_FILES if (output / name).exists()] if output.is_dir() and not resuming else []
     if found:
         raise UserError(f"--output {output} already holds a run ({', '.join(found)}); continue it with --resume auto "
                         "or pick another --output")
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--output {output}: cannot create the directory ({exc.strerror})") from None
-    if not os.access(output, os.W_OK):
-        raise UserError(f"--output {output} is not writable")
+    make_dir(output)
 
 
 def start(spec: RunSpec, recipe: Recipe, launch: LaunchPlan) -> int:

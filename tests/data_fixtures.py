@@ -1,4 +1,5 @@
-"""Tiny generated datasets for tests: a JPEG ImageFolder and the same images as Arrow or Parquet.
+"""Tiny generated datasets for tests: a JPEG ImageFolder and the same images as Arrow or Parquet;
+and the tiny training recipe the end-to-end tests run on them.
 
 Plain functions so any test module can import them (`from data_fixtures import ...`).
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -99,3 +101,11 @@ def make_arrow_dataset(image_folder_root: Path, out_dir: Path, fmt: str = "save_
         for k in range(shards):
             table.shard(shards, k, contiguous=True).to_parquet(str(out_dir / f"{split}-{k:05d}-of-{shards:05d}.parquet"))
     return out_dir
+
+
+def tiny_recipe_text(**overrides) -> str:
+    """LITv2-T at 32 x 32 for 2 epochs with no augmentation, so equality tests compare
+    optimisation, not random crops; `overrides` replace or add recipe keys."""
+    recipe = dict(variant="t", res=32, epochs=2, warmup_epochs=1, mixup=0, cutmix=0, auto_augment=None, reprob=0,
+                  color_jitter=0, reference_batch=8, drop_path=0.1)
+    return yaml.safe_dump({**recipe, **overrides}, sort_keys=False)

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from data_fixtures import make_image_folder, write_corrupt_file
+from data_fixtures import make_image_folder, tiny_recipe_text, write_corrupt_file
 from litv2cli.cli.main import main
 from litv2cli.data import describe_source, open_split
 from litv2cli.runs import read_metrics
@@ -123,8 +123,7 @@ def test_a_class_whose_every_image_is_unreadable_keeps_its_place(tmp_path):
 
 # End to end ---------------------------------------------------------------------------------------
 
-RECIPE = ("variant: t\nres: 32\nepochs: 2\nwarmup_epochs: 0\nmixup: 0\ncutmix: 0\nauto_augment: null\nreprob: 0\n"
-          "color_jitter: 0\nreference_batch: 8\nbatch_size: 8\ndrop_path: 0\n")
+RECIPE = tiny_recipe_text(warmup_epochs=0, batch_size=8, drop_path=0)
 # Unreadable files of the training split; all of them land in some batch of an epoch (24 images, batch 8).
 TRAIN_UNREADABLE = {"class_0": ["truncated", "empty", "text", "bomb", "strip"], "class_3": ["truncated"]}
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 
 from litv2cli.cli.main import main
@@ -39,12 +38,7 @@ STUDY = "litv2-t-32x32-b2-infer"
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def storage_args(kind: str, out: Path) -> tuple[list[str], str]:

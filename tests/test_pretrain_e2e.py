@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from data_fixtures import make_image_folder
+from data_fixtures import make_image_folder, tiny_recipe_text
 from litv2cli.runs import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -41,8 +41,7 @@ def image_folder(tmp_path_factory) -> Path:
 def tiny_recipe(tmp_path_factory) -> Path:
     """A no-augmentation recipe so that equality tests compare optimisation, not random crops."""
     path = tmp_path_factory.mktemp("recipe") / "tiny.yaml"
-    path.write_text("variant: t\nres: 32\nepochs: 2\nwarmup_epochs: 1\nmixup: 0\ncutmix: 0\nauto_augment: null\n"
-                    "reprob: 0\ncolor_jitter: 0\nreference_batch: 8\ndrop_path: 0.1\n")
+    path.write_text(tiny_recipe_text())
     return path
 
 

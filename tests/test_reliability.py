@@ -20,14 +20,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from data_fixtures import make_image_folder
+from data_fixtures import make_image_folder, tiny_recipe_text
 from litv2cli import checkpointing, engine
 from litv2cli.config import Recipe
 from litv2cli.errors import UserError
 from litv2cli.runs import RunSpec, read_metrics
-
-RECIPE = ("variant: t\nres: 32\nepochs: 2\nwarmup_epochs: 1\nmixup: 0\ncutmix: 0\nauto_augment: null\n"
-          "reprob: 0\ncolor_jitter: 0\nreference_batch: 8\ndrop_path: 0.1\nbatch_size: 2\n")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +36,7 @@ def folder(tmp_path_factory) -> Path:
 def recipe_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("rel-recipe") / "tiny.yaml"
     epochs = int(os.environ.get("LITV2_KILL_EPOCHS", "2"))
-    path.write_text(RECIPE.replace("epochs: 2\n", f"epochs: {epochs}\n"))
+    path.write_text(tiny_recipe_text(epochs=epochs, batch_size=2))
     return path
 
 

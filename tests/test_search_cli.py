@@ -13,7 +13,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 
 from data_fixtures import make_image_folder
@@ -25,14 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 FAST = ["--variant", "t", "--res", "32", "--batch-size", "2", "--warmup", "1", "--repeats", "3"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on shared cores, OpenMP spinning with more threads than idle cores
-    makes tiny steps orders of magnitude slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def complete_points(db: Path, study: str) -> list[str]:

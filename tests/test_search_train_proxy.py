@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import optuna
 import pytest
-import torch
 
 from data_fixtures import make_image_folder
 from litv2cli.runs import read_metrics
@@ -22,12 +21,7 @@ class PruneAtFirstReport(optuna.pruners.BasePruner):
         return len(trial.intermediate_values) >= 1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
