@@ -62,6 +62,7 @@ CASES = [
       ("pretrain", "finetune")],
     case("export", "unwritable output dir", ["--output", "{blocked}.onnx"], "{blocked}"),
     case("search", "unwritable output dir", ["--output", "{blocked}"], "{blocked}"),
+    case("search", "unwritable recipes dir", ["--recipes-dir", "{blocked}"], "--recipes-dir {blocked}"),
     *[case(command, "unwritable output dir", ["--output", "{blocked}"], "{blocked}")
       for command in ("bench model", "bench attention")],
     *[case(command, "unknown recipe key", ["--recipe", "{recipe}"], "unknown recipe key 'not_a_key'")

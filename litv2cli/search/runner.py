@@ -131,6 +131,8 @@ def run_search(config: SearchConfig, *, say: Callable[[str], None] = print) -> l
         raise UserError("--proxy train needs a training budget")
     # Everything the user can get wrong is checked before the first file is written.
     check_creatable_dir(config.output)
+    if config.recipes_dir is not None:
+        check_creatable_dir(config.recipes_dir, "--recipes-dir")
     proxy_settings = _proxy_settings(config, say) if config.wants_top1 and config.proxy == "zero-cost" else None
     if config.wants_top1 and config.proxy == "train":
         describe_source(config.data)
