@@ -117,7 +117,8 @@ def search(
     from litv2cli.search.objectives import parse_bytes, parse_objectives
     from litv2cli.search.pareto import check_pick_rule
     from litv2cli.search.proxies import parse_proxies
-    from litv2cli.search.runner import PRUNERS
+    from litv2cli.search.runner import PROXY_KINDS, PRUNERS
+    from litv2cli.search.study import SAMPLERS
     from litv2cli.search.space import build_space, parse_alphas, parse_windows
     from litv2cli.search.train_proxy import TrainBudget
 
@@ -129,8 +130,8 @@ def search(
     parse_alphas(alpha)
     parse_windows(window)
     _check_choice("--mode", mode, ("infer", "train"))
-    _check_choice("--proxy", proxy, ("zero-cost", "train"))
-    _check_choice("--sampler", sampler, ("grid", "tpe", "nsga2"))
+    _check_choice("--proxy", proxy, PROXY_KINDS)
+    _check_choice("--sampler", sampler, SAMPLERS)
     _check_choice("--pruner", pruner, PRUNERS)
     check_pick_rule(pick, objectives)
     if device is not None and device.startswith("cuda"):

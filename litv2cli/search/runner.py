@@ -41,17 +41,18 @@ from litv2cli.search import pareto
 from litv2cli.search.evaluate import (
     MeasureSettings, ProxySettings, load_proxy_batches, measure_point, remeasure_throughput,
 )
-from litv2cli.search.objectives import OBJECTIVES, Objective
+from litv2cli.search.objectives import MEASURED, OBJECTIVES, Objective
 from litv2cli.search.proxies import DEFAULT_PROXIES, combine_by_rank
 from litv2cli.search.recipes import FLAT_ACCURACY_NOTE, build_provenance, write_searched_recipe
 from litv2cli.search.space import DEFAULT_ALPHAS, DEFAULT_WINDOWS, Point, SearchSpace, build_space, paper_default_label
 from litv2cli.search.study import (
-    FAIL_REASON, GRACE_PERIOD_S, WorkerReport, default_storage_url, evaluated_trials, fail_stale_trials,
-    make_sampler, open_storage, open_study, point_status, redact, run_points,
+    FAIL_REASON, GRACE_PERIOD_S, WorkerReport, default_storage_url, fail_stale_trials,
+    final_trials, make_sampler, open_storage, open_study, point_status, redact, run_points,
 )
 from litv2cli.search.train_proxy import TrainBudget, train_point
 
 PRUNERS = ("successive-halving", "hyperband", "median", "none")
+PROXY_KINDS = ("zero-cost", "train")
 DRIFT_MIN_POINTS = 3  # a drift check needs points measured in between
 POLL_S = 2.0
 
@@ -123,8 +124,8 @@ def run_search(config: SearchConfig, *, say: Callable[[str], None] = print) -> l
                              per_stage_window=config.per_stage_window, resolution=config.resolution)
               for v in config.variants}  # every space is validated before anything runs
     pareto.check_pick_rule(config.pick, config.objectives)
-    if config.proxy not in ("zero-cost", "train"):
-        raise UserError(f"--proxy {config.proxy}: choose zero-cost or train")
+    if config.proxy not in PROXY_KINDS:
+        raise UserError(f"--proxy {config.proxy}: choose {' or '.join(PROXY_KINDS)}")
     if config.wants_top1 and not config.data:
         raise UserError(f"--proxy {config.proxy} needs --data (an image dataset, or 'demo' for the built-in one)")
     if config.proxy == "train" and config.wants_top1 and config.train_budget is None:
@@ -185,7 +186,7 @@ def search_variant(config: SearchConfig, space: SearchSpace, storage: optuna.sto
     report = _finish(study, points, evaluate, config, say)
     rows = measured_rows(study, points)
     _say_unstable(rows, say)
-    _check_drift(study, rows, points, report, settings, say)
+    drift_checks = _check_drift(study, rows, points, report, settings, say)
     if proxy is not None:
         _attach_zero_cost(rows)
     _apply_constraints(rows, config)
@@ -199,7 +200,7 @@ def search_variant(config: SearchConfig, space: SearchSpace, storage: optuna.sto
                         f"the study {name!r} is kept: relax the constraints or pass --retry-failed")
     chosen = pareto.pick(front, objectives, config.pick)
     result = VariantResult(variant=variant, study=name, rows=rows, front=front, chosen=chosen, measurement=report,
-                           training=training, drift_checks=list(study.user_attrs.get("drift_checks", [])))
+                           training=training, drift_checks=drift_checks)
     result.files = _write_outputs(config, space, points, result, storage_url)
     return result
 
@@ -214,23 +215,24 @@ def study_name(config: SearchConfig, variant: str) -> str:
 
 def measured_rows(study: optuna.Study, points: list[Point]) -> list[pareto.Row]:
     """One row per point that has a finished measurement (complete, or failed with its reason)."""
-    by_label: dict[str, pareto.Row] = {}
-    for trial in evaluated_trials(study):
-        label = trial.params["point"]
-        point = next((p for p in points if p.label == label), None)
-        if point is None or (label in by_label and by_label[label].status == "ok"):
+    final = final_trials(study, lambda t: t.state == TrialState.COMPLETE
+                         or (t.state == TrialState.FAIL and FAIL_REASON in t.user_attrs))
+    rows = []
+    for point in points:
+        trial = final.get(point.label)
+        if trial is None:
             continue
         if trial.state == TrialState.COMPLETE:
             attrs = trial.user_attrs
-            values = {k: float(attrs[k]) for k in ("throughput", "latency", "memory", "params", "flops") if k in attrs}
+            values = {k: float(attrs[k]) for k in MEASURED if k in attrs}
             details = {k: v for k, v in attrs.items() if k not in values and k not in
                        ("alpha", "alphas", "window", "lofi_heads")}
             details["trial"] = trial.number
-            by_label[label] = _row(point, values=values, details=details)
-        elif trial.state == TrialState.FAIL and FAIL_REASON in trial.user_attrs:
-            by_label[label] = _row(point, status="failed", reason=trial.user_attrs[FAIL_REASON],
-                                   details={"trial": trial.number})
-    return [by_label[p.label] for p in points if p.label in by_label]
+            rows.append(_row(point, values=values, details=details))
+        else:
+            rows.append(_row(point, status="failed", reason=trial.user_attrs[FAIL_REASON],
+                             details={"trial": trial.number}))
+    return rows
 
 
 # --- internals ---------------------------------------------------------------------------
@@ -304,26 +306,28 @@ def _say_trial(trial: optuna.trial.FrozenTrial, say: Callable[[str], None], *, p
 
 
 def _check_drift(study: optuna.Study, rows: list[pareto.Row], points: list[Point], report: WorkerReport,
-                 settings: MeasureSettings, say: Callable[[str], None]) -> None:
+                 settings: MeasureSettings, say: Callable[[str], None]) -> list[dict[str, Any]]:
     """Measure again the first point this process measured, once all are done. A small spread
     within one measurement does not show that the machine slowed down or sped up between points
-    (another job starting on a shared machine); this does. Kept in the study's `drift_checks`."""
+    (another job starting on a shared machine); this does. Kept in the study's `drift_checks`,
+    which are returned."""
     evaluated = set(report.evaluated)
     mine = [r for r in rows if r.status == "ok" and r.details.get("trial") in evaluated and "throughput" in r.values]
+    previous = list(study.user_attrs.get("drift_checks") or [])
     if len(mine) < DRIFT_MIN_POINTS:
-        previous = study.user_attrs.get("drift_checks") or []
         if previous and abs(previous[-1]["change"]) > MAX_SPREAD:  # keep warning on every later run
             last = previous[-1]
             say(f"drift check of {last['date']}: {last['label']} changed by {100 * last['change']:+.0f}% between the "
                 "start and the end of its run, so points closer than that are not reliably ranked")
-        return
+        return previous
     first = min(mine, key=lambda r: r.details["trial"])
     point = next(p for p in points if p.label == first.label)
     again = remeasure_throughput(point, settings)
     change = again / first.values["throughput"] - 1.0
     check = {"label": first.label, "first": first.values["throughput"], "again": again, "change": change,
              "points_between": len(mine) - 1, "date": datetime.now().isoformat(timespec="seconds")}
-    study.set_user_attr("drift_checks", [*study.user_attrs.get("drift_checks", []), check])
+    checks = [*previous, check]
+    study.set_user_attr("drift_checks", checks)
     if abs(change) > MAX_SPREAD:
         say(f"drift check: {first.label} measured {again:.1f} images/s at the end, {first.values['throughput']:.1f} "
             f"at the start ({100 * change:+.0f}%): this machine's speed changed during the search, so points whose "
@@ -331,6 +335,7 @@ def _check_drift(study: optuna.Study, rows: list[pareto.Row], points: list[Point
     else:
         say(f"drift check: {first.label} measured again at the end is within {100 * abs(change):.1f}% of its first "
             "measurement")
+    return checks
 
 
 def _count(number: int, noun: str) -> str:
@@ -390,7 +395,7 @@ def _train_phase(config: SearchConfig, variant: str, name: str, points: list[Poi
         return WorkerReport()
     study = open_study(storage, f"{name}-train", directions=["maximize"],
                        fingerprint={"measurement_study": name, "variant": variant, **budget.fingerprint()},
-                       sampler=optuna.samplers.GridSampler({"point": [p.label for p in candidates]}, seed=config.seed),
+                       sampler=make_sampler("grid", [p.label for p in candidates], seed=config.seed),
                        pruner=_pruner(config.pruner))
     say(f"training proxy: {_count(len(candidates), 'point')}, {_count(budget.epochs, 'epoch')} each at "
         f"{budget.resolution[0]}x{budget.resolution[1]}, batch {budget.batch_size}, lr {budget.lr:g} on "
@@ -409,12 +414,7 @@ def _train_phase(config: SearchConfig, variant: str, name: str, points: list[Poi
             writer.flush()
 
     report = _finish(study, candidates, evaluate, config, say)
-    results: dict[str, optuna.trial.FrozenTrial] = {}
-    for trial in evaluated_trials(study):
-        label = trial.params["point"]
-        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
-            if label not in results or results[label].state != TrialState.COMPLETE:
-                results[label] = trial
+    results = final_trials(study, lambda t: t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
     for row in rows:
         trial = results.get(row.label)
         if row.status != "ok":

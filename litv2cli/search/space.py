@@ -42,16 +42,6 @@ class Point:
         """Stable, readable id, used as the Optuna parameter value: 'a0.9-w2.1'."""
         return f"a{self.alpha:g}-w{'.'.join(str(self.window[i]) for i in HILO_STAGES)}"
 
-    def describe_heads(self, num_heads: tuple[int, ...]) -> str:
-        """'stage3 10 Lo-Fi/2 Hi-Fi, stage4 global' for tables."""
-        parts = []
-        for stage, lofi in zip(HILO_STAGES, self.lofi_heads):
-            if lofi is None:
-                parts.append(f"s{stage + 1} global")
-            else:
-                parts.append(f"s{stage + 1} {lofi}Lo/{num_heads[stage] - lofi}Hi")
-        return ", ".join(parts)
-
 
 @dataclass(frozen=True)
 class SearchSpace:

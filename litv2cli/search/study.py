@@ -57,8 +57,10 @@ INTERRUPTED = "interrupted"
 HEARTBEAT = "heartbeat"  # user attribute: epoch seconds of the worker's last sign of life
 HEARTBEAT_INTERVAL_S = 30
 GRACE_PERIOD_S = 120
-# Errors of two processes creating one new database at once (worth another try); others are final.
-TRANSIENT = ("locked", "busy", "already exists", "UNIQUE constraint", "no longer compatible")
+# Errors (lower case) of processes creating or using one database at once, worth another try.
+# Any error is retried while a new SQLite file is being created; others are final.
+TRANSIENT = ("locked", "busy", "already exists", "unique constraint", "duplicate key", "schema has changed",
+             "no longer compatible")
 
 Evaluate = Callable[[optuna.Trial, Point], Sequence[float] | float]
 
@@ -94,14 +96,16 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         raise UserError(f"--storage {url!r}: give an Optuna storage URL (sqlite:///file.db, postgresql://...) "
                         "or a journal file (journal:PATH or PATH.log)")
     engine_kwargs: dict[str, Any] = {}
+    new_database = False  # a new SQLite file: other processes may be creating its tables right now
     if url.startswith("sqlite"):
         # Several local processes share one SQLite file: wait for its lock instead of failing.
         engine_kwargs["connect_args"] = {"timeout": 300}
         database = Path(url.split(":///", 1)[-1])
         if url.count("/") >= 3 and not database.parent.is_dir():
             raise UserError(f"--storage {url}: directory {database.parent} does not exist")
+        new_database = not database.exists() or (database.is_file() and database.stat().st_size == 0)
     last_error: Exception | None = None
-    for attempt in range(5):  # two processes creating the same new database race on its tables
+    for attempt in range(5):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -110,7 +114,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             raise UserError(f"--storage {redact(url)}: its database driver is not installed ({exc})") from None
         except Exception as exc:  # sqlalchemy's OperationalError and friends
             last_error = exc
-            if not any(sign in str(exc) for sign in TRANSIENT):
+            if not new_database and not any(sign in str(exc).lower() for sign in TRANSIENT):
                 break  # not a database, no server, bad credentials: trying again will not help
             time.sleep(0.5 + random.random() * attempt)
     raise UserError(f"cannot open storage {redact(url)}: {_one_line(last_error)}")
@@ -159,6 +163,9 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, *, directions: S
     return study
 
 
+SAMPLERS = ("grid", "tpe", "nsga2")
+
+
 def make_sampler(kind: str, labels: Sequence[str], *, seed: int | None = None) -> optuna.samplers.BaseSampler:
     if kind == "grid":
         return optuna.samplers.GridSampler({PARAM: list(labels)}, seed=seed)
@@ -166,7 +173,7 @@ def make_sampler(kind: str, labels: Sequence[str], *, seed: int | None = None) -
         return optuna.samplers.TPESampler(seed=seed)
     if kind == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, len(labels) // 2)))
-    raise UserError(f"--sampler {kind}: choose grid, tpe or nsga2")
+    raise UserError(f"--sampler {kind}: choose {', '.join(SAMPLERS[:-1])} or {SAMPLERS[-1]}")
 
 
 @dataclass
@@ -193,6 +200,17 @@ def evaluated_trials(study: optuna.Study) -> list[FrozenTrial]:
             and t.state != TrialState.WAITING]
 
 
+def final_trials(study: optuna.Study, accept: Callable[[FrozenTrial], bool]) -> dict[str, FrozenTrial]:
+    """Per point label, the trial that settles it: a COMPLETE trial if there is one, else the last
+    trial `accept`ed (a retried point has several)."""
+    final: dict[str, FrozenTrial] = {}
+    for trial in evaluated_trials(study):
+        label = trial.params[PARAM]
+        if accept(trial) and (label not in final or final[label].state != TrialState.COMPLETE):
+            final[label] = trial
+    return final
+
+
 def point_status(study: optuna.Study, labels: Sequence[str], *, retry_failed_before: datetime | None = None,
                  attempted: set[str] = frozenset()) -> PointStatus:
     """Classify every label from the storage; `attempted` points are not handed out twice per run."""
@@ -215,7 +233,7 @@ def point_status(study: optuna.Study, labels: Sequence[str], *, retry_failed_bef
 
 def run_points(study: optuna.Study, points: Sequence[Point], evaluate: Evaluate, *, max_points: int | None = None,
                retry_failed: bool = False, on_trial: Callable[[FrozenTrial], None] | None = None,
-               choices: Sequence[str] | None = None, rng: random.Random | None = None) -> WorkerReport:
+               choices: Sequence[str] | None = None) -> WorkerReport:
     """Evaluate the study's pending `points` until none is left (or the study holds `max_points`
     evaluated points); safe to run in several processes at once. Ctrl-C propagates and leaves
     the study resumable. `choices` (default: the points' labels) are the values of the `point`
@@ -227,7 +245,6 @@ def run_points(study: optuna.Study, points: Sequence[Point], evaluate: Evaluate,
     retry_before = started if retry_failed else None
     attempted: set[str] = set()
     report = WorkerReport()
-    rng = rng or random.Random()
     last_was_duplicate = False
     fail_stale_trials(study)
     while True:
@@ -239,7 +256,7 @@ def run_points(study: optuna.Study, points: Sequence[Point], evaluate: Evaluate,
         # The sampler chooses among fresh points; a point to try again (interrupted, stale) or a
         # sampler that keeps proposing finished points gets an explicit, queued trial instead.
         if not status.fresh or last_was_duplicate:
-            study.enqueue_trial({PARAM: rng.choice(status.pending)})
+            study.enqueue_trial({PARAM: random.choice(status.pending)})
         started_trial: list[int] = []
         study.optimize(_objective(study, by_label, choices, evaluate, retry_before, attempted, started_trial),
                        n_trials=1, catch=(Exception,))
