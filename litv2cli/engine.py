@@ -30,7 +30,7 @@ from litv2cli.data import build_eval_transform, build_train_transform, collate_s
 from litv2cli.evaluate import evaluate
 from litv2cli.launch import pin_deepspeed_to_cpu_without_cuda
 from litv2cli.losses import build_loss
-from litv2cli.models import create_model
+from litv2cli.models import create_model, variant_spec
 from litv2cli.optim import build_optimizer, build_scheduler
 from litv2cli.progress import TrainProgress
 from litv2cli.runs import MetricsLog, RunSpec
@@ -53,6 +53,12 @@ class CheckpointWriteError(RuntimeError):
 
 class ResumeMismatch(RuntimeError):
     """The checkpoint cannot continue this run as configured (e.g. another world size)."""
+
+
+def eval_transform(recipe: Recipe) -> Callable:
+    """The recipe's evaluation transform: one definition for eval during training and `litv2 eval`."""
+    return build_eval_transform(recipe.res, crop_pct=recipe.eval_crop_pct, interpolation=recipe.interpolation,
+                                mean=recipe.mean, std=recipe.std)
 
 
 def resolve_precision(requested: str) -> str:
@@ -152,9 +158,7 @@ def train(spec: RunSpec, *, on_eval: EvalCallback | None = None,
                                      label_column=spec.label_column, streaming=spec.streaming)
                           for split in (spec.train_split, spec.val_split))
     num_classes = recipe.num_classes or train_set.num_classes
-    probe = create_model(recipe.variant, num_classes=1)
-    accelerator = make_accelerator(spec, recipe, run_dir, hidden_size=probe.num_features)
-    del probe
+    accelerator = make_accelerator(spec, recipe, run_dir, hidden_size=variant_spec(recipe.variant).num_features)
 
     set_seed(recipe.seed)  # identical initial weights on every rank
     model = build_model(recipe, num_classes, spec, accelerator.print)
@@ -168,9 +172,7 @@ def train(spec: RunSpec, *, on_eval: EvalCallback | None = None,
         recipe.res, auto_augment=recipe.auto_augment, color_jitter=recipe.color_jitter, re_prob=recipe.reprob,
         hflip=recipe.hflip, interpolation=recipe.interpolation, scale=recipe.train_scale,
         mean=recipe.mean, std=recipe.std))
-    val_set.set_transform(build_eval_transform(
-        recipe.res, crop_pct=recipe.eval_crop_pct, interpolation=recipe.interpolation,
-        mean=recipe.mean, std=recipe.std))
+    val_set.set_transform(eval_transform(recipe))
     per_step = recipe.batch_size * recipe.accum
     if spec.streaming:
         sampler = None
@@ -275,7 +277,7 @@ def train(spec: RunSpec, *, on_eval: EvalCallback | None = None,
                     progress.update(state, loss=record["loss"], lr=current_lr, images_per_s=record["images_per_s"])
                 else:
                     progress.update(state, loss=loss.detach().float().item(), lr=current_lr)
-                reached_max = spec.max_steps is not None and state.step >= spec.max_steps
+                reached_max = reached_max_steps(spec, state)
                 if flags[1] > 0 or (spec.save_every and state.step % spec.save_every == 0 and not reached_max):
                     save(accelerator, run_dir, state, spec.keep, ema)
                 if flags[1] > 0:

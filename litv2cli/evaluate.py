@@ -13,18 +13,10 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
+from litv2cli.data.loading import collate_skip_corrupt
 from litv2cli.sampler import shard_indices
-
-
-def _collate(batch: list[Any]) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
-    valid = [item for item in batch if item is not None]
-    skipped = len(batch) - len(valid)
-    if not valid:
-        return None, None, skipped
-    images, labels = default_collate(valid)
-    return images, labels, skipped
 
 
 def rank_part(dataset: Dataset, world: int, rank: int) -> Dataset:
@@ -39,7 +31,7 @@ def evaluate(accelerator: Accelerator, model: nn.Module, dataset: Dataset, *, ba
              criterion: nn.Module | None = None, channels_last: bool = False) -> dict[str, Any]:
     """Returns top1/top5 (percent), mean loss, images counted and unreadable images skipped."""
     loader = DataLoader(rank_part(dataset, accelerator.num_processes, accelerator.process_index),
-                        batch_size=batch_size, num_workers=workers, collate_fn=_collate, shuffle=False,
+                        batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_corrupt, shuffle=False,
                         # Its own generator: evaluating must not advance the training RNG streams.
                         generator=torch.Generator().manual_seed(0))
     was_training = model.training
@@ -52,9 +44,9 @@ def evaluate(accelerator: Accelerator, model: nn.Module, dataset: Dataset, *, ba
         batch = next(batches, None)
         if accelerator.reduce(torch.tensor([float(batch is not None)], device=device), "sum").item() == 0:
             break
-        images, labels, skipped = batch if batch is not None else (None, None, 0)
+        images, labels, skipped = batch if batch is not None else (torch.empty(0), None, 0)
         totals[4] += skipped
-        if images is None:
+        if images.shape[0] == 0:  # this rank is done, or no image of the batch was readable
             if example is None:
                 continue
             images, labels = example[:1], None  # keep collectives in step while other ranks still work

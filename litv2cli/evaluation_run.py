@@ -9,8 +9,8 @@ import torch
 from accelerate import Accelerator
 
 from litv2cli.config import Recipe
-from litv2cli.engine import resolve_precision
-from litv2cli.data import build_eval_transform, open_split
+from litv2cli.engine import eval_transform, resolve_precision
+from litv2cli.data import open_split
 from litv2cli.evaluate import evaluate
 from litv2cli.launch import pin_deepspeed_to_cpu_without_cuda
 from litv2cli.models import create_model
@@ -23,8 +23,7 @@ def run_evaluation(spec: RunSpec) -> dict:
     pin_deepspeed_to_cpu_without_cuda()
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=resolve_precision(spec.precision))
     dataset = open_split(spec.data, spec.val_split, image_column=spec.image_column, label_column=spec.label_column)
-    dataset.set_transform(build_eval_transform(recipe.res, crop_pct=recipe.eval_crop_pct,
-                                               interpolation=recipe.interpolation, mean=recipe.mean, std=recipe.std))
+    dataset.set_transform(eval_transform(recipe))
     model = create_model(recipe.variant, num_classes=recipe.num_classes or dataset.num_classes,
                          alpha=recipe.alpha, local_ws=tuple(recipe.window))
     load_into(model, read_state_dict(spec.init_from), source=str(spec.init_from), allow_new_head=False)

@@ -32,7 +32,13 @@ def start(spec: RunSpec, recipe: Recipe, launch: LaunchPlan) -> int:
     """Write `config.yaml` and `run.json`, then run the workers; returns their exit code."""
     output = Path(spec.output)
     save_recipe(recipe, output / "config.yaml")
-    spec.save(output / "run.json")
+    return run(spec, launch, output / "run.json")
+
+
+def run(spec: RunSpec, launch: LaunchPlan, run_json: Path) -> int:
+    """Save `spec` to `run_json` and run it: in worker processes started by the launcher (which
+    read that file), or in this process; returns the exit code."""
+    spec.save(run_json)
     if launch.needs_launcher:
-        return run_launched(launch, output / "run.json")
+        return run_launched(launch, run_json)
     return run_spec(spec)

@@ -52,28 +52,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise UserError(f"checkpoint not found: {path}")
     if path.is_dir():
         return _from_directory(path)
-    if path.suffix == ".safetensors":
-        return _from_safetensors(path)
     from litv2cli.models import load_checkpoint_state_dict
 
     return load_checkpoint_state_dict(path)
-
-
-def _from_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable safetensors file ({exc})") from None
 
 
 def _from_directory(path: Path) -> dict[str, torch.Tensor]:
     from litv2cli.checkpointing import list_checkpoints
 
     if (path / "model.safetensors").is_file():
-        return _from_safetensors(path / "model.safetensors")
+        return read_state_dict(path / "model.safetensors")
     if (path / "pytorch_model").is_dir() or (path / "latest").is_file():
         return _from_deepspeed(path)
     checkpoints = list_checkpoints(path)

@@ -197,6 +197,11 @@ def test_streaming_a_local_folder_is_a_user_error(folder):
     assert "drop --streaming" in _error(str(folder), streaming=True)
 
 
+def test_streaming_a_save_to_disk_dataset_is_refused_when_described(saved):
+    # Before any process starts, as `open_split` would refuse it inside every worker.
+    assert "an arrow source is read directly, drop --streaming" in _error(str(saved), streaming=True)
+
+
 def test_unknown_split_is_a_user_error(folder, saved):
     for source in (str(folder), str(saved), "demo"):
         with pytest.raises(UserError, match="no 'holdout'"):

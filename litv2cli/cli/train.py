@@ -249,11 +249,10 @@ def evaluate_command(
     """Top-1/top-5 of a checkpoint on a validation split, with the official eval transform."""
     import tempfile
 
-    from litv2cli import launch
+    from litv2cli import launch, runner
     from litv2cli.data import describe_source
     from litv2cli.runs import RunSpec
     from litv2cli.sources import inspect_checkpoint
-    from litv2cli.worker import run_spec
 
     if data is None:
         raise UserError("--data is required (the dataset whose validation split is evaluated)")
@@ -274,11 +273,7 @@ def evaluate_command(
                        image_column=info.image_column, label_column=info.label_column, val_split=info.val_split,
                        workers=workers if workers is not None else _default_workers(plan.processes),
                        precision=precision, init_from=str(Path(checkpoint).resolve()), task="eval", progress=False)
-        if plan.needs_launcher:
-            spec.save(Path(tmp) / "run.json")
-            code = launch.run_launched(plan, Path(tmp) / "run.json")
-        else:
-            code = run_spec(spec)
+        code = runner.run(spec, plan, Path(tmp) / "run.json")
         if code:
             return code
         result = json.loads(result_path.read_text())

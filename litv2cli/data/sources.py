@@ -118,14 +118,13 @@ def describe_source(source: str, *, image_column: str | None = None, label_colum
     are read.
     """
     kind = source_kind(source)
+    _refuse_streaming(source, kind, streaming)
     if kind == "demo":
         from litv2cli.data.demo import CLASS_NAMES, demo_split
 
-        _refuse_streaming(source, kind, streaming)
         return SourceInfo("demo", len(CLASS_NAMES), CLASS_NAMES, len(demo_split("train")), len(demo_split("val")),
                           None, None, "val")
     if kind == "imagefolder":
-        _refuse_streaming(source, kind, streaming)
         return _describe_folder(source, train_split, val_split)
     if streaming:
         from litv2cli.data.streaming import describe_stream
@@ -149,9 +148,9 @@ def describe_source(source: str, *, image_column: str | None = None, label_colum
 
 
 def _refuse_streaming(source: str, kind: str, streaming: bool) -> None:
-    if streaming:
+    if streaming and kind not in ("hub", "parquet"):
         raise UserError(f"--data {source}: --streaming reads hub and Parquet datasets in place; "
-                        f"a {kind} source is read directly, drop --streaming")
+                        f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} source is read directly, drop --streaming")
 
 
 # Opening -----------------------------------------------------------------------------------------
@@ -165,9 +164,8 @@ def open_split(source: str, split: str, *, image_column: str | None = None, labe
     reverse). Images are decoded in `__getitem__`, i.e. in the DataLoader workers.
     """
     kind = source_kind(source)
+    _refuse_streaming(source, kind, streaming)
     if streaming:
-        if kind in ("demo", "imagefolder", "arrow"):
-            _refuse_streaming(source, kind, streaming)
         from litv2cli.data.streaming import open_stream
 
         return open_stream(source, kind, split, image_column=image_column, label_column=label_column)
@@ -364,13 +362,18 @@ def _refuse_empty_saved_splits(source: str) -> None:
             raise UserError(f"--data {source}: the '{name}' split is empty")
 
 
+def parquet_rows(files: list[str]) -> int:
+    """Rows of Parquet files, from their footers: no row is read."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(file).metadata.num_rows for file in files)
+
+
 def _refuse_empty_parquet_splits(source: str, data_files: dict[str, list[str]]) -> None:
     """`datasets` rejects a Parquet split with no rows with a message about "instructions"; the
     row counts are in each file's footer, so check them first."""
-    import pyarrow.parquet as pq
-
     for name, files in data_files.items():
-        if sum(pq.ParquetFile(file).metadata.num_rows for file in files) == 0:
+        if parquet_rows(files) == 0:
             raise UserError(f"--data {source}: the '{name}' split is empty ({', '.join(files[:3])})")
 
 

@@ -34,8 +34,9 @@ from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from litv2cli.data.sources import VAL_NAMES, SourceInfo, detect_columns, parquet_data_files, short_reason, \
-    val_split_name
+from litv2cli.data.sources import (
+    VAL_NAMES, SourceInfo, detect_columns, parquet_data_files, parquet_rows, short_reason, val_split_name,
+)
 from litv2cli.data.splits import DECODE_ERRORS, Transform, decode_image, encoded_image
 from litv2cli.errors import UserError
 
@@ -92,16 +93,10 @@ def describe_stream(source: str, kind: str, *, image_column: str | None, label_c
         if recorded is not None:
             sizes.append(int(recorded.num_examples))
         elif kind == "parquet":  # the row count is in each file's footer: no need to read the rows
-            sizes.append(_parquet_rows(parquet_data_files(source).get(name, [])))
+            sizes.append(parquet_rows(parquet_data_files(source).get(name, [])))
         else:
             sizes.append(0)
     return SourceInfo(kind, len(names), names, sizes[0], sizes[1], image_col, label_col, val_name, train_split)
-
-
-def _parquet_rows(files: list[str]) -> int:
-    import pyarrow.parquet as pq
-
-    return sum(pq.ParquetFile(file).metadata.num_rows for file in files)
 
 
 def open_stream(source: str, kind: str, split: str, *, image_column: str | None,

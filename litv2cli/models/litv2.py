@@ -43,6 +43,16 @@ class VariantSpec:
     mlp_ratio: float = 4.0
     from_paper: bool = True
 
+    @property
+    def num_features(self) -> int:
+        """Width of the last stage (what the head reads), known without building the model."""
+        return self.embed_dim * 2 ** (len(self.depths) - 1)
+
+    def model_kwargs(self) -> dict:
+        """The `LITv2` arguments this row fixes."""
+        return dict(embed_dim=self.embed_dim, depths=self.depths, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
+                    drop_path_rate=self.drop_path_rate)
+
 
 VARIANTS: dict[str, VariantSpec] = {
     # Not from the paper: trains on 2 CPU cores in minutes at 32x32-64x64 (stage 4 map 1x1 at 32).
@@ -216,10 +226,10 @@ def create_model(variant: str, *, num_classes: int = 1000, drop_path_rate: float
                  alpha: float = 0.9, local_ws: tuple[int, int, int, int] = (0, 0, 2, 1),
                  attention: str = "hilo", in_chans: int = 3) -> LITv2:
     """Build LITv2-`variant` (t, s, m or b); drop_path_rate None means the variant's own rate."""
-    spec = variant_spec(variant)
-    return LITv2(embed_dim=spec.embed_dim, depths=spec.depths, num_heads=spec.num_heads, mlp_ratio=spec.mlp_ratio,
-                 drop_path_rate=spec.drop_path_rate if drop_path_rate is None else drop_path_rate,
-                 alpha=alpha, local_ws=tuple(local_ws), attention=attention, num_classes=num_classes,
+    args = variant_spec(variant).model_kwargs()
+    if drop_path_rate is not None:
+        args["drop_path_rate"] = drop_path_rate
+    return LITv2(**args, alpha=alpha, local_ws=tuple(local_ws), attention=attention, num_classes=num_classes,
                  in_chans=in_chans)
 
 
@@ -244,13 +254,10 @@ default_cfgs = generate_default_cfgs({f"litv2_{key}": _cfg() for key in VARIANTS
 
 
 def _create_litv2(key: str, pretrained: bool = False, **kwargs) -> LITv2:
-    spec = VARIANTS[key]
     kwargs.pop("img_size", None)  # accepted for timm-style callers; the model takes any multiple of 32
-    args = dict(embed_dim=spec.embed_dim, depths=spec.depths, num_heads=spec.num_heads,
-                mlp_ratio=spec.mlp_ratio, drop_path_rate=spec.drop_path_rate)
     return build_model_with_cfg(LITv2, f"litv2_{key}", pretrained,
                                 feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)),
-                                **{**args, **kwargs})
+                                **{**VARIANTS[key].model_kwargs(), **kwargs})
 
 
 def _register(key: str):
