@@ -42,6 +42,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -152,35 +154,18 @@ def measure_throughput(model: nn.Module, batch_size: int, resolution: tuple[int,
                        max_spread: float = MAX_SPREAD, max_rounds: int = 3, channels_last: bool = False,
                        autocast_dtype: torch.dtype | None = None) -> Measurement:
     """Median images/s of `model` at (batch_size, 3, *resolution); see the module docstring."""
-    if batch_size < 1 or repeats < 1 or warmup < 0 or max_rounds < 1:
-        raise ValueError("batch_size, repeats and max_rounds must be >= 1 and warmup >= 0")
-    if mode not in ("infer", "train"):
-        raise ValueError(f"mode must be 'infer' or 'train', not {mode!r}")
+    _check_protocol(batch_size, repeats, warmup, max_rounds, mode)
     device = torch.device(device) if device is not None else default_device()
     step, model = _make_step(model, batch_size, resolution, mode=mode, device=device,
                              channels_last=channels_last, autocast_dtype=autocast_dtype)
     for _ in range(warmup):
         step()
     _synchronize(device)
-    best: list[float] | None = None
-    rounds = 0
-    for rounds in range(1, max_rounds + 1):
-        samples = [batch_size / seconds for seconds in _timed_steps(step, repeats, device)]
-        if best is None or relative_spread(samples) < relative_spread(best):
-            best = samples
-        if relative_spread(best) <= max_spread:
-            break
-    assert best is not None
-    spread = relative_spread(best)
-    dtype = str(next(model.parameters(), torch.empty(0)).dtype).removeprefix("torch.")
-    if autocast_dtype is not None:
-        dtype += f", autocast {str(autocast_dtype).removeprefix('torch.')}"
-    return Measurement(
-        images_per_s=statistics.median(best), spread=spread, samples=tuple(best), stable=spread <= max_spread,
-        rounds=rounds, batch_size=batch_size, resolution=tuple(resolution), mode=mode, device=device_name(device),
-        dtype=dtype, memory_format="channels_last" if channels_last else "contiguous", warmup=warmup,
-        repeats=repeats, timer="cuda-events" if device.type == "cuda" else "perf_counter",
-    )
+    best, rounds = _best_round(lambda: [batch_size / seconds for seconds in _timed_steps(step, repeats, device)],
+                               relative_spread, max_spread, max_rounds)
+    return _measurement(best, rounds, model, device_name(device), batch_size=batch_size, resolution=resolution,
+                        mode=mode, warmup=warmup, repeats=repeats, max_spread=max_spread, channels_last=channels_last,
+                        autocast_dtype=autocast_dtype, timer="cuda-events" if device.type == "cuda" else "perf_counter")
 
 
 def measure_throughput_interleaved(models: dict[str, nn.Module], batch_size: int, resolution: tuple[int, int], *,
@@ -193,8 +178,9 @@ def measure_throughput_interleaved(models: dict[str, nn.Module], batch_size: int
     machine hits all of them alike and their ratios stay meaningful. A round is refused (and
     measured again, at most `max_rounds`) while any model's spread is above `max_spread`; the
     round whose worst spread is smallest is kept."""
-    if not models or batch_size < 1 or repeats < 1 or warmup < 0 or max_rounds < 1:
-        raise ValueError("models must be non-empty, batch_size, repeats and max_rounds >= 1 and warmup >= 0")
+    if not models:
+        raise ValueError("models must be non-empty")
+    _check_protocol(batch_size, repeats, warmup, max_rounds, mode)
     device = torch.device(device) if device is not None else default_device()
     names = list(models)
     steps, prepared = {}, {}
@@ -205,33 +191,58 @@ def measure_throughput_interleaved(models: dict[str, nn.Module], batch_size: int
         for name in names:
             steps[name]()
     _synchronize(device)
-    best: dict[str, list[float]] | None = None
-    rounds = 0
-    for rounds in range(1, max_rounds + 1):
+
+    def run_round() -> dict[str, list[float]]:
         samples: dict[str, list[float]] = {name: [] for name in names}
         for cycle in range(repeats):
             shift = cycle % len(names)
             for name in names[shift:] + names[:shift]:
                 samples[name].append(batch_size / _timed_steps(steps[name], 1, device)[0])
-        if best is None or _worst_spread(samples) < _worst_spread(best):
-            best = samples
-        if _worst_spread(best) <= max_spread:
+        return samples
+
+    best, rounds = _best_round(run_round, _worst_spread, max_spread, max_rounds)
+    label = device_name(device)
+    timer = ("cuda-events" if device.type == "cuda" else "perf_counter") + ", interleaved"
+    return {name: _measurement(best[name], rounds, prepared[name], label, batch_size=batch_size, resolution=resolution,
+                               mode=mode, warmup=warmup, repeats=repeats, max_spread=max_spread,
+                               channels_last=channels_last, autocast_dtype=autocast_dtype, timer=timer)
+            for name in names}
+
+
+def _check_protocol(batch_size: int, repeats: int, warmup: int, max_rounds: int, mode: str) -> None:
+    if batch_size < 1 or repeats < 1 or warmup < 0 or max_rounds < 1:
+        raise ValueError("batch_size, repeats and max_rounds must be >= 1 and warmup >= 0")
+    if mode not in ("infer", "train"):
+        raise ValueError(f"mode must be 'infer' or 'train', not {mode!r}")
+
+
+def _best_round(run_round: Callable[[], Any], spread_of: Callable[[Any], float], max_spread: float,
+                max_rounds: int) -> tuple[Any, int]:
+    """Run rounds until one's spread is within `max_spread` (at most `max_rounds`); returns the
+    round with the smallest spread and how many rounds ran."""
+    best, best_spread, rounds = None, math.inf, 0
+    for rounds in range(1, max_rounds + 1):
+        samples = run_round()
+        spread = spread_of(samples)
+        if best is None or spread < best_spread:
+            best, best_spread = samples, spread
+        if best_spread <= max_spread:
             break
-    assert best is not None
-    results = {}
-    for name in names:
-        spread = relative_spread(best[name])
-        dtype = str(next(prepared[name].parameters(), torch.empty(0)).dtype).removeprefix("torch.")
-        if autocast_dtype is not None:
-            dtype += f", autocast {str(autocast_dtype).removeprefix('torch.')}"
-        results[name] = Measurement(
-            images_per_s=statistics.median(best[name]), spread=spread, samples=tuple(best[name]),
-            stable=spread <= max_spread, rounds=rounds, batch_size=batch_size, resolution=tuple(resolution),
-            mode=mode, device=device_name(device), dtype=dtype,
-            memory_format="channels_last" if channels_last else "contiguous", warmup=warmup, repeats=repeats,
-            timer=("cuda-events" if device.type == "cuda" else "perf_counter") + ", interleaved",
-        )
-    return results
+    return best, rounds
+
+
+def _measurement(samples: list[float], rounds: int, model: nn.Module, device: str, *, batch_size: int,
+                 resolution: tuple[int, int], mode: Mode, warmup: int, repeats: int, max_spread: float,
+                 channels_last: bool, autocast_dtype: torch.dtype | None, timer: str) -> Measurement:
+    spread = relative_spread(samples)
+    dtype = str(next(model.parameters(), torch.empty(0)).dtype).removeprefix("torch.")
+    if autocast_dtype is not None:
+        dtype += f", autocast {str(autocast_dtype).removeprefix('torch.')}"
+    return Measurement(
+        images_per_s=statistics.median(samples), spread=spread, samples=tuple(samples), stable=spread <= max_spread,
+        rounds=rounds, batch_size=batch_size, resolution=tuple(resolution), mode=mode, device=device, dtype=dtype,
+        memory_format="channels_last" if channels_last else "contiguous", warmup=warmup, repeats=repeats, timer=timer,
+    )
 
 
 def _worst_spread(samples: dict[str, list[float]]) -> float:
@@ -284,7 +295,7 @@ def _make_step(model: nn.Module, batch_size: int, resolution: tuple[int, int], *
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch_size, 3, height, width, generator=generator, dtype=dtype)
     images = images.to(device).contiguous(memory_format=memory_format)
-    autocast = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else _null_context
+    autocast = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else nullcontext
 
     if mode == "infer":
         model.eval()
@@ -304,14 +315,6 @@ def _make_step(model: nn.Module, batch_size: int, resolution: tuple[int, int], *
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return train_step, model
-
-
-class _null_context:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: Any) -> None:
-        return None
 
 
 def _synchronize(device: torch.device) -> None:
@@ -351,6 +354,26 @@ def _cuda_peak_memory(model: nn.Module, batch_size: int, resolution: tuple[int, 
                              mode=mode)
 
 
+def child_environment(**extra: str) -> dict[str, str]:
+    """The environment of a measuring child process: this process's thread count, this package
+    importable (with the model's classes) even when it is not installed, and `extra`."""
+    package_root = str(Path(__file__).resolve().parent.parent)
+    python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": python_path, **extra}
+
+
+def run_child(args: list[str], what: str, *, timeout: float | None = None,
+              env: dict[str, str] | None = None) -> str:
+    """stdout of `python ARGS` in a fresh process; a failure raises RuntimeError with the child's
+    last stderr line ("no output" when it printed none, e.g. killed for memory)."""
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
+                          env=env if env is not None else child_environment())
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"{what} child process failed: {tail}")
+    return done.stdout
+
+
 def _cpu_peak_memory(model: nn.Module, batch_size: int, resolution: tuple[int, int], *, mode: Mode,
                      timeout_s: float) -> MemoryMeasurement:
     weights = tensor_bytes(model)
@@ -360,17 +383,9 @@ def _cpu_peak_memory(model: nn.Module, batch_size: int, resolution: tuple[int, i
             torch.save(copy.deepcopy(model).cpu(), model_path)
         except (pickle.PicklingError, AttributeError, TypeError) as exc:
             raise ValueError(f"CPU peak memory needs a picklable model ({exc})") from exc
-        # The child must import this package (and the model's classes) even when it is not installed.
-        package_root = str(Path(__file__).resolve().parent.parent)
-        python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-        env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), PYTHONPATH=python_path)
-        command = [sys.executable, "-m", "litv2cli.measure", str(model_path), str(batch_size),
-                   str(resolution[0]), str(resolution[1]), mode]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"peak-memory child process failed: {tail}")
-    values = dict(line.split("=", 1) for line in done.stdout.split() if "=" in line)
+        stdout = run_child(["-m", "litv2cli.measure", str(model_path), str(batch_size), str(resolution[0]),
+                            str(resolution[1]), mode], "peak-memory", timeout=timeout_s)
+    values = dict(line.split("=", 1) for line in stdout.split() if "=" in line)
     growth = int(values["growth"])
     return MemoryMeasurement(
         peak_bytes=growth + weights,

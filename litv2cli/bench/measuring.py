@@ -14,8 +14,6 @@ child started with it can.
 from __future__ import annotations
 
 import json
-import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,8 +23,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from litv2cli.bench.protocol import BenchSettings, default_settings
-from litv2cli.measure import Measurement, Mode, measure_peak_memory, measure_throughput_interleaved
+from litv2cli.bench.protocol import BenchSettings, default_settings, omp_wait_policy
+from litv2cli.measure import (
+    Measurement, Mode, child_environment, measure_peak_memory, measure_throughput_interleaved, run_child,
+)
 
 OK = "ok"
 OOM = "OOM"
@@ -41,10 +41,6 @@ class Outcome:
 
     value: float | None
     status: str = OK
-
-    @property
-    def ok(self) -> bool:
-        return self.status == OK and self.value is not None and math.isfinite(self.value)
 
 
 def peak_memory_mib(model: nn.Module, settings: BenchSettings, resolution: tuple[int, int], mode: Mode) -> Outcome:
@@ -103,12 +99,8 @@ def _throughput_here(models: dict[str, nn.Module], settings: BenchSettings, plan
 
 
 def timing_environment() -> dict[str, str]:
-    """The child's environment: passive OpenMP waiting unless set, this process's thread count,
-    and this package importable even when it is not installed."""
-    package_root = str(Path(__file__).resolve().parents[2])
-    python_path = os.pathsep.join(path for path in (package_root, os.environ.get("PYTHONPATH")) if path)
-    return {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
-            "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": python_path}
+    """The timing child's environment: passive OpenMP waiting unless set (see `omp_wait_policy`)."""
+    return child_environment(OMP_WAIT_POLICY=omp_wait_policy())
 
 
 def _throughput_in_child(models: dict[str, nn.Module], settings: BenchSettings, plan: Plan,
@@ -121,12 +113,8 @@ def _throughput_in_child(models: dict[str, nn.Module], settings: BenchSettings, 
     with tempfile.TemporaryDirectory(prefix="litv2-bench-") as tmp:
         torch.save({name: model for name, model in models.items() if name in timed}, Path(tmp) / "models.pt")
         (Path(tmp) / "job.json").write_text(json.dumps(job))
-        done = subprocess.run([sys.executable, "-m", "litv2cli.bench.measuring", tmp], capture_output=True,
-                              text=True, env=timing_environment())
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"throughput child process failed: {tail}")
-    results = json.loads(done.stdout.strip().splitlines()[-1])
+        stdout = run_child(["-m", "litv2cli.bench.measuring", tmp], "throughput", env=timing_environment())
+    results = json.loads(stdout.strip().splitlines()[-1])
     return [{name: _measurement(data) for name, data in at_resolution.items()} for at_resolution in results]
 
 

@@ -44,10 +44,16 @@ class BenchSettings:
     def protocol(self, resolution: str) -> str:
         compiled = "eager" if self.compile_mode is None else f"torch.compile(mode={self.compile_mode!r})"
         timer = "CUDA events" if self.device.type == "cuda" else (
-            f"perf_counter in a fresh process with OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}")
+            f"perf_counter in a fresh process with OMP_WAIT_POLICY={omp_wait_policy()}")
         return (f"batch {self.batch_size}, {resolution}, {self.dtype_label}, contiguous (NCHW) input, {compiled}, "
                 f"{device_name(self.device)}, torch {torch.__version__}; {self.warmup} warm-up steps, median of "
                 f"{self.repeats} steps timed by {timer}, models interleaved step by step")
+
+
+def omp_wait_policy() -> str:
+    """OpenMP's wait policy for timing on a CPU: passive unless the environment sets one (spinning
+    worker threads take the core the main thread needs on a shared machine)."""
+    return os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def default_settings(*, batch_size: int | None = None, warmup: int | None = None, repeats: int | None = None,

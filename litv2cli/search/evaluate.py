@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from litv2cli.measure import measure_latency, measure_peak_memory, measure_throughput
+from litv2cli.measure import Measurement, measure_latency, measure_peak_memory, measure_throughput
 from litv2cli.search.proxies import Batch, score_model
 from litv2cli.search.space import Point
 
@@ -61,9 +61,7 @@ def measure_point(point: Point, settings: MeasureSettings, proxy: ProxySettings 
     model = build_model(settings.variant, point)
     metrics: dict[str, Any] = {"params": float(count_params(model)),
                                "flops": float(count_flops(model, settings.resolution))}
-    throughput = measure_throughput(model, settings.batch_size, settings.resolution, mode=settings.mode,
-                                    device=settings.device, warmup=settings.warmup, repeats=settings.repeats,
-                                    max_rounds=settings.max_rounds)
+    throughput = _throughput(model, settings)
     metrics.update(throughput=throughput.images_per_s, throughput_spread=throughput.spread,
                    throughput_stable=throughput.stable, throughput_rounds=throughput.rounds,
                    throughput_samples=[round(s, 3) for s in throughput.samples], device=throughput.device,
@@ -87,10 +85,14 @@ def measure_point(point: Point, settings: MeasureSettings, proxy: ProxySettings 
 def remeasure_throughput(point: Point, settings: MeasureSettings) -> float:
     """Images/s of `point` measured again with the same protocol (for the drift check)."""
     torch.manual_seed(0)
-    model = build_model(settings.variant, point)
+    return _throughput(build_model(settings.variant, point), settings).images_per_s
+
+
+def _throughput(model: nn.Module, settings: MeasureSettings) -> Measurement:
+    """The one throughput protocol of a search: a point's measurement and its drift check use it."""
     return measure_throughput(model, settings.batch_size, settings.resolution, mode=settings.mode,
                               device=settings.device, warmup=settings.warmup, repeats=settings.repeats,
-                              max_rounds=settings.max_rounds).images_per_s
+                              max_rounds=settings.max_rounds)
 
 
 def load_proxy_batches(source: str, resolution: tuple[int, int], *, batch_size: int, num_batches: int,
