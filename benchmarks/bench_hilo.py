@@ -2,7 +2,7 @@
 
     python benchmarks/bench_hilo.py layer --batch 64 --repeats 30
     python benchmarks/bench_hilo.py model --batch 8 --repeats 20 --compile
-    python benchmarks/bench_hilo.py model --batch 8 --repeats 20 --bound --modes infer
+    python benchmarks/bench_hilo.py model --batch 8 --repeats 20 --parts
     python benchmarks/bench_hilo.py swin --batch 8 --repeats 20
     python benchmarks/bench_hilo.py band --repeats 10
 
@@ -11,9 +11,12 @@
   softmax(QK^T)V), same weights; and, for inference, the layer's five linear layers alone on
   inputs of their shapes (the part neither implementation can avoid), and the fast layer with
   its output projections concatenated instead of sharing one buffer.
-- `model`: LITv2-S with each of them (and, with --compile, the fast one under torch.compile;
-  with --bound, LITv2-S whose attention layers return their input: what the model costs
-  without attention, so reference / bound is the most any attention speed-up can give).
+- `model`: LITv2-S fast (`create_model("s")`) against its reference form
+  (`create_model("s", reference=True)`: the paper-style HiLo and torchvision's deformable conv),
+  same weights, with learned-looking offsets in the DTMs (random, about a pixel: the initial
+  ones are all zero). With --parts, also the fast model with only one of its fast paths (fast
+  HiLo with torchvision's deformable conv, and the reverse), so each path's share is measured
+  in the same run; with --compile, the fast model under torch.compile.
 - `swin`: LITv2-S against timm's swin_tiny_patch4_window7_224, the paper's Table 1 pair.
 - `band`: the Hi-Fi branch alone (alpha 0, dim 384, 12 heads) on maps of growing width, masked
   bands against the window partition, which `uses_bands` in `litv2cli.models.hilo` chooses
@@ -54,6 +57,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from litv2cli.models import HiLo, HiLoReference, create_model  # noqa: E402
+from litv2cli.models.dtm import DeformConv2d  # noqa: E402
 
 Step = Callable[[], None]
 
@@ -180,39 +184,47 @@ class ConcatenatedOutputs(HiLo):
         return torch.cat([self.h_proj(hifi), self.l_proj(lofi)], dim=-1)
 
 
-class Skip(nn.Module):
-    """An attention that costs nothing: the bound on what a faster attention can save."""
+def with_learned_offsets(model: nn.Module) -> nn.Module:
+    """Offsets of about a pixel in every DTM, as a trained model has (the initial ones are all
+    zero, which would make the deformable conv a plain one)."""
+    for module in model.modules():
+        if isinstance(module, DeformConv2d):
+            nn.init.normal_(module.conv_offset.weight, std=1 / module.conv_offset.weight[0].numel() ** 0.5)
+            nn.init.normal_(module.conv_offset.bias, std=0.5)
+    return model
 
-    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        return x
 
-
-def without_attention(model: nn.Module) -> nn.Module:
-    for stage in model.layers:
-        for block in stage.blocks:
-            if hasattr(block, "attn"):
-                block.attn = Skip()
+def one_fast_path(fast: nn.Module, reference: nn.Module, keep: str) -> nn.Module:
+    """A copy of the fast model with only its `keep` fast path ("hilo" or "dtm")."""
+    model = copy.deepcopy(fast)
+    for stage, reference_stage in zip(model.layers, reference.layers):
+        if keep == "hilo" and stage.downsample is not None:
+            stage.downsample.dconv.reference = True
+        if keep == "dtm":
+            for block, reference_block in zip(stage.blocks, reference_stage.blocks):
+                if hasattr(block, "attn"):
+                    block.attn = copy.deepcopy(reference_block.attn)
     return model
 
 
 def bench_model(args: argparse.Namespace) -> list[dict]:
     torch.manual_seed(0)
-    fast = create_model("s")
-    reference = create_model("s", attention="hilo_reference")
+    fast = with_learned_offsets(create_model("s"))
+    reference = create_model("s", reference=True)
     reference.load_state_dict(fast.state_dict(), strict=True)
     images = torch.randn(args.batch, 3, args.res, args.res)
     with torch.inference_mode():
         reference_logits = reference.eval()(images)
         difference = (fast.eval()(images) - reference_logits).abs().max().item()
     print(f"max |logit difference| = {difference:.2e}")
-    bound = without_attention(copy.deepcopy(fast))
     results = []
     for mode, make in (("infer", infer_step), ("train", train_step)):
         if mode not in args.modes:
             continue
         models = {"litv2_s_reference": reference, "litv2_s": fast}
-        if args.bound:
-            models["litv2_s without attention"] = bound
+        if args.parts:
+            models["litv2_s, fast HiLo only"] = one_fast_path(fast, reference, "hilo")
+            models["litv2_s, fast DTM only"] = one_fast_path(fast, reference, "dtm")
         if args.compile:
             torch._dynamo.reset()
             compiled = torch.compile(fast)
@@ -279,7 +291,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--compile", action="store_true", help="model: also time the fast model under torch.compile")
-    parser.add_argument("--bound", action="store_true", help="model: also time LITv2-S without attention")
+    parser.add_argument("--parts", action="store_true", help="model: also time each fast path alone")
     parser.add_argument("--modes", default="infer,train", help="model: steps to time, infer and/or train")
     parser.add_argument("--json", type=str, default=None, help="also write the results to this file")
     args = parser.parse_args()

@@ -7,14 +7,7 @@ from torch import nn
 from litv2cli.export import GridSampleDeformConv2d, with_gridsample_deform_convs
 from litv2cli.models import create_model
 from litv2cli.models.dtm import DeformConv2d
-
-
-def learned_offsets(deform: DeformConv2d, scale: float = 1.0) -> DeformConv2d:
-    """Offsets of about `scale` pixels, as training produces (the initial ones are all zero)."""
-    fan_in = deform.conv_offset.weight[0].numel()
-    nn.init.normal_(deform.conv_offset.weight, std=scale / fan_in**0.5)
-    nn.init.normal_(deform.conv_offset.bias, std=scale / 2)
-    return deform
+from model_fixtures import learned_offsets, with_learned_offsets
 
 
 @pytest.mark.parametrize(("height", "width"), [(8, 8), (14, 10), (7, 9), (2, 4)])
@@ -34,10 +27,7 @@ def test_gridsample_form_equals_torchvision_deform_conv(height, width):
 
 def test_gridsample_form_replaces_every_dtm_and_keeps_outputs_and_weights():
     torch.manual_seed(0)
-    model = create_model("t", num_classes=10).eval()
-    for module in model.modules():
-        if isinstance(module, DeformConv2d):
-            learned_offsets(module)
+    model = with_learned_offsets(create_model("t", num_classes=10)).eval()
     converted = with_gridsample_deform_convs(model)
     assert not any(isinstance(m, DeformConv2d) for m in converted.modules())
     assert sum(isinstance(m, GridSampleDeformConv2d) for m in converted.modules()) == 3

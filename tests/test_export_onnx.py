@@ -13,18 +13,7 @@ from litv2cli.export import (
 )
 from litv2cli.export import onnx as onnx_export
 from litv2cli.models import create_model
-from litv2cli.models.dtm import DeformConv2d
-
-
-def with_learned_offsets(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-zero DTM offsets (about a pixel), so the exported deformable conv really deforms."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, DeformConv2d):
-            weight = module.conv_offset.weight
-            weight.data = torch.randn(weight.shape, generator=generator) / weight[0].numel() ** 0.5
-            module.conv_offset.bias.data = torch.randn(module.conv_offset.bias.shape, generator=generator) / 2
-    return model.eval()
+from model_fixtures import with_learned_offsets
 
 
 def onnxruntime_vs_pytorch(path, model: nn.Module, shape: tuple[int, ...]) -> float:
@@ -53,7 +42,7 @@ def input_dims(path) -> list[str | int]:
 
 def test_litv2_s_from_an_official_checkpoint_runs_in_onnxruntime_like_pytorch(tmp_path):
     torch.manual_seed(0)
-    trained = with_learned_offsets(create_model("s"))
+    trained = with_learned_offsets(create_model("s")).eval()
     checkpoint = tmp_path / "litv2_s.pth"
     torch.save({"model": trained.state_dict(), "epoch": 299}, checkpoint)  # the model-zoo layout
     source = load_export_source(str(checkpoint), "s")
@@ -73,7 +62,7 @@ def test_litv2_s_from_an_official_checkpoint_runs_in_onnxruntime_like_pytorch(tm
 def test_gridsample_form_with_hilo_padding_uses_standard_operators_and_matches(tmp_path):
     # Window 3 at stride 16 and 2 at stride 32 pad the 4x6 and 2x3 maps of a 64x96 input.
     torch.manual_seed(1)
-    model = with_learned_offsets(create_model("t", num_classes=10, local_ws=(0, 0, 3, 2)))
+    model = with_learned_offsets(create_model("t", num_classes=10, local_ws=(0, 0, 3, 2))).eval()
     plan = plan_export(model, OnnxExportOptions(resolution=(64, 96), deform_conv="gridsample"))
     assert not plan.dynamic_spatial and "window 3 in stage 3" in plan.static_reason
     assert plan.opset == 18

@@ -30,8 +30,9 @@ DEFAULT_MODELS = (
     "litv2_s", "litv2_m", "litv2_b",
     "resnet50", "convnext_tiny", "swin_tiny_patch4_window7_224", "pvt_v2_b2", "twins_pcpvt_small", "twins_svt_small",
 )
-# LITv2 with the paper-style reference HiLo (`litv2_s_reference`): same parameters, explicit
-# softmax(QK^T)V, so a run with both shows what the fast HiLo path gains.
+# LITv2 in its reference form (`litv2_s_reference`: the paper-style HiLo with explicit
+# softmax(QK^T)V, torchvision's deformable conv): same parameters and outputs, so a run with
+# both shows what the fast paths gain.
 REFERENCE_SUFFIX = "_reference"
 
 
@@ -71,8 +72,7 @@ def build_model(name: str, resolution: tuple[int, int]) -> nn.Module:
     check_model_names([name])
     if is_litv2(name):
         variant = name.removesuffix(REFERENCE_SUFFIX).removeprefix("litv2_")
-        attention = "hilo_reference" if name.endswith(REFERENCE_SUFFIX) else "hilo"
-        return create_model(variant, attention=attention).eval()
+        return create_model(variant, reference=name.endswith(REFERENCE_SUFFIX)).eval()
     try:  # transformers with a fixed patch grid need the size at construction
         return timm.create_model(name, pretrained=False, img_size=resolution).eval()
     except TypeError:

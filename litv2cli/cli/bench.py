@@ -19,8 +19,8 @@ app = typer.Typer(name="bench", help="Benchmark speed and memory: LITv2 against 
                   "attentions.", no_args_is_help=True)
 
 Models = Annotated[str | None, typer.Option(
-    "--models", help="Comma-separated models: litv2_s, litv2_m, litv2_b (litv2_<v>_reference: with the paper-style "
-    "HiLo) and any timm model name. Default: LITv2-S/M/B, resnet50, convnext_tiny, swin_tiny_patch4_window7_224, "
+    "--models", help="Comma-separated models: litv2_s, litv2_m, litv2_b (litv2_<v>_reference: the paper-style "
+    "HiLo and torchvision's deformable conv) and any timm model name. Default: LITv2-S/M/B, resnet50, convnext_tiny, swin_tiny_patch4_window7_224, "
     "pvt_v2_b2, twins_pcpvt_small, twins_svt_small.")]
 Attentions = Annotated[str, typer.Option(
     "--attentions", help="Comma-separated attentions to put in the backbone: msa, sra, w_msa, t_msa, hilo.")]

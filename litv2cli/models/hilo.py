@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from litv2cli.models.capture import capturing
+
 # A band of s rows is attended as one masked sequence while it holds at most
 # BAND_TOKEN_BUDGET / s tokens. A longer band's extra scores cost more than the partition's
 # copies, and the larger s, the more efficient the partition's own (larger) windows, so the
@@ -162,8 +164,7 @@ class HiLo(nn.Module):
             return self.h_proj(hifi)
         if hifi is None:
             return self.l_proj(lofi)
-        if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() \
-                or torch.jit.is_tracing():
+        if torch.is_grad_enabled() or capturing():
             return torch.cat([self.h_proj(hifi), self.l_proj(lofi)], dim=-1)
         rows = hifi.shape[:-1].numel()
         # Both biases in one contiguous pass, then each GEMM adds into its columns in place.

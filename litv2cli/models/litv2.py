@@ -116,14 +116,14 @@ class LITStage(nn.Module):
     """
 
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, alpha: float, mlp_ratio: float,
-                 drop_paths: list[float], attention: str, downsample: bool):
+                 drop_paths: list[float], attention: str, downsample: bool, reference: bool = False):
         super().__init__()
         if window_size == 0:
             blocks = [ConvFFNBlock(dim, mlp_ratio, rate) for rate in drop_paths]
         else:
             blocks = [HiLoBlock(dim, num_heads, window_size, alpha, mlp_ratio, rate, attention) for rate in drop_paths]
         self.blocks = nn.ModuleList(blocks)
-        self.downsample = DTM(dim) if downsample else None
+        self.downsample = DTM(dim, reference=reference) if downsample else None
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         for block in self.blocks:
@@ -132,18 +132,25 @@ class LITStage(nn.Module):
 
 
 class LITv2(nn.Module):
-    """LITv2 classifier. `forward_features` returns the normalised last-stage map (B, C, H/32, W/32)."""
+    """LITv2 classifier. `forward_features` returns the normalised last-stage map (B, C, H/32, W/32).
+
+    `reference=True` swaps the layers that have a fast path (HiLo, the DTMs' deformable conv) for
+    their straightforward forms: same parameters and outputs, the oracle the fast model is
+    tested and benchmarked against.
+    """
 
     def __init__(self, embed_dim: int = 96, depths: tuple[int, ...] = (2, 2, 6, 2),
                  num_heads: tuple[int, ...] = (3, 6, 12, 24), mlp_ratio: float = 4.0, drop_path_rate: float = 0.2,
                  alpha: float = 0.9, local_ws: tuple[int, ...] = (0, 0, 2, 1), attention: str = "hilo",
-                 num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0):
+                 num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0, reference: bool = False):
         super().__init__()
         if not len(depths) == len(num_heads) == len(local_ws):
             raise ValueError(f"depths {depths}, num_heads {num_heads} and local_ws {local_ws} need one entry per stage")
         if attention not in ATTENTIONS:
             raise ValueError(f"unknown attention {attention!r}; registered: {', '.join(ATTENTIONS)}")
-        self.alpha, self.local_ws, self.attention = alpha, tuple(local_ws), attention
+        if reference and attention == "hilo":
+            attention = "hilo_reference"
+        self.alpha, self.local_ws, self.attention, self.reference = alpha, tuple(local_ws), attention, reference
         self.embed_dim, self.depths, self.num_heads = embed_dim, tuple(depths), tuple(num_heads)
         self.num_classes = num_classes
         self.num_features = embed_dim * 2 ** (len(depths) - 1)
@@ -153,7 +160,8 @@ class LITv2(nn.Module):
         for i, depth in enumerate(depths):
             first = sum(depths[:i])
             self.layers.append(LITStage(embed_dim * 2**i, depth, num_heads[i], local_ws[i], alpha, mlp_ratio,
-                                        rates[first:first + depth], attention, downsample=i < len(depths) - 1))
+                                        rates[first:first + depth], attention, downsample=i < len(depths) - 1,
+                                        reference=reference))
         self.feature_info = [dict(num_chs=embed_dim * 2**i, reduction=4 * 2**i, module=f"layers.{i}")
                              for i in range(len(depths))]
         self.norm = nn.LayerNorm(self.num_features)
@@ -224,13 +232,15 @@ def _init_linear_and_norm(module: nn.Module) -> None:
 
 def create_model(variant: str, *, num_classes: int = 1000, drop_path_rate: float | None = None,
                  alpha: float = 0.9, local_ws: tuple[int, int, int, int] = (0, 0, 2, 1),
-                 attention: str = "hilo", in_chans: int = 3) -> LITv2:
-    """Build LITv2-`variant` (t, s, m or b); drop_path_rate None means the variant's own rate."""
+                 attention: str = "hilo", in_chans: int = 3, reference: bool = False) -> LITv2:
+    """Build LITv2-`variant` (t, s, m or b); drop_path_rate None means the variant's own rate.
+    `reference` builds the straightforward form of every layer that has a fast one (HiLo, the
+    DTM's deformable conv): same parameters and outputs, for checking and benchmarking."""
     args = variant_spec(variant).model_kwargs()
     if drop_path_rate is not None:
         args["drop_path_rate"] = drop_path_rate
     return LITv2(**args, alpha=alpha, local_ws=tuple(local_ws), attention=attention, num_classes=num_classes,
-                 in_chans=in_chans)
+                 in_chans=in_chans, reference=reference)
 
 
 def variant_spec(variant: str) -> VariantSpec:
