@@ -3,20 +3,24 @@
     python benchmarks/bench_hilo.py layer --batch 64 --repeats 30
     python benchmarks/bench_hilo.py model --batch 8 --repeats 20 --compile
     python benchmarks/bench_hilo.py model --batch 8 --repeats 20 --parts
+    python benchmarks/bench_hilo.py dtm --batch 8 --repeats 20
     python benchmarks/bench_hilo.py swin --batch 8 --repeats 20
     python benchmarks/bench_hilo.py band --repeats 10
 
 - `layer`: one HiLo layer of LITv2-S stage 3 (dim 384, 12 heads, window 2, alpha 0.9) on a
   14 x 14 map, fast `HiLo` against `HiLoReference` (the paper's equations, explicit
   softmax(QK^T)V), same weights; and, for inference, the layer's five linear layers alone on
-  inputs of their shapes (the part neither implementation can avoid), and the fast layer with
-  its output projections concatenated instead of sharing one buffer.
+  inputs of their shapes (the part neither implementation can avoid), the fast layer with
+  its output projections concatenated instead of sharing one buffer, and with --compile the
+  fast layer under torch.compile.
 - `model`: LITv2-S fast (`create_model("s")`) against its reference form
   (`create_model("s", reference=True)`: the paper-style HiLo and torchvision's deformable conv),
   same weights, with learned-looking offsets in the DTMs (random, about a pixel: the initial
   ones are all zero). With --parts, also the fast model with only one of its fast paths (fast
   HiLo with torchvision's deformable conv, and the reverse), so each path's share is measured
   in the same run; with --compile, the fast model under torch.compile.
+- `dtm`: each of LITv2-S's three DTMs (96 -> 192 channels at 56 x 56, 192 -> 384 at 28 x 28,
+  384 -> 768 at 14 x 14) on its own, the gather form against torchvision's deformable conv.
 - `swin`: LITv2-S against timm's swin_tiny_patch4_window7_224, the paper's Table 1 pair.
 - `band`: the Hi-Fi branch alone (alpha 0, dim 384, 12 heads) on maps of growing width, masked
   bands against the window partition, which `uses_bands` in `litv2cli.models.hilo` chooses
@@ -163,6 +167,8 @@ def bench_layer(args: argparse.Namespace) -> list[dict]:
     print(f"max |fast - reference| = {difference:.2e}")
     results = []
     for mode, make in (("infer", infer_step), ("train", train_step)):
+        if mode not in args.modes:
+            continue
         inputs = tokens.clone().requires_grad_(mode == "train")
         steps = {"hilo_reference": make(reference, inputs, 14, 14), "hilo": make(fast, inputs, 14, 14)}
         if mode == "infer":
@@ -170,6 +176,8 @@ def bench_layer(args: argparse.Namespace) -> list[dict]:
             concatenating = ConcatenatedOutputs(384, 12, window_size=2, alpha=0.9)
             concatenating.load_state_dict(fast.state_dict(), strict=True)
             steps["hilo, outputs concatenated"] = make(concatenating, inputs, 14, 14)
+            if args.compile:
+                steps["hilo compiled"] = make(torch.compile(copy.deepcopy(fast)), inputs, 14, 14)
         seconds = interleaved(steps, args.warmup, args.repeats)
         title = f"HiLo layer, dim 384, 12 heads, s=2, alpha 0.9, 14x14, batch {args.batch}, {mode}"
         results.append(report(title, seconds, args.batch, "hilo_reference"))
@@ -242,6 +250,42 @@ def bench_model(args: argparse.Namespace) -> list[dict]:
     return results
 
 
+def bench_dtm(args: argparse.Namespace) -> list[dict]:
+    from litv2cli.models.dtm import DTM
+
+    results = []
+    for dim, size in ((96, 56), (192, 28), (384, 14)):
+        torch.manual_seed(0)
+        fast = with_learned_offsets(DTM(dim))
+        reference = DTM(dim, reference=True)
+        reference.load_state_dict(fast.state_dict(), strict=True)
+        tokens = torch.randn(args.batch, size * size, dim)
+        with torch.no_grad():
+            difference = (fast.eval()(tokens, size, size)[0] - reference.eval()(tokens, size, size)[0]).abs().max()
+        print(f"max |gather - torchvision| = {difference.item():.2e}")
+        for mode, make in (("infer", infer_step), ("train", train_step)):
+            if mode not in args.modes:
+                continue
+            inputs = tokens.clone().requires_grad_(mode == "train")
+            steps = {name: make(FirstOutput(layer), inputs, size, size)
+                     for name, layer in (("torchvision", reference), ("gather", fast))}
+            seconds = interleaved(steps, args.warmup, args.repeats)
+            title = f"DTM {dim} -> {2 * dim}, {size}x{size}, batch {args.batch}, {mode}"
+            results.append(report(title, seconds, args.batch, "torchvision"))
+    return results
+
+
+class FirstOutput(nn.Module):
+    """A DTM's tokens without its new height and width, so the step helpers can call it."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, *inputs) -> torch.Tensor:
+        return self.layer(*inputs)[0]
+
+
 def bench_swin(args: argparse.Namespace) -> list[dict]:
     import timm
 
@@ -284,15 +328,16 @@ def bench_band(args: argparse.Namespace) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("layer", "model", "swin", "band"))
+    parser.add_argument("what", choices=("layer", "model", "dtm", "swin", "band"))
     parser.add_argument("--batch", type=int, default=None, help="default 64 for layer, 8 otherwise")
     parser.add_argument("--res", type=int, default=224)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--compile", action="store_true", help="model: also time the fast model under torch.compile")
+    parser.add_argument("--compile", action="store_true", help="layer, model: also time the fast one under "
+                        "torch.compile (inference)")
     parser.add_argument("--parts", action="store_true", help="model: also time each fast path alone")
-    parser.add_argument("--modes", default="infer,train", help="model: steps to time, infer and/or train")
+    parser.add_argument("--modes", default="infer,train", help="steps to time, infer and/or train")
     parser.add_argument("--json", type=str, default=None, help="also write the results to this file")
     args = parser.parse_args()
     args.batch = args.batch or (64 if args.what == "layer" else 8)
@@ -300,7 +345,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"machine: {machine()}; warm-up {args.warmup}, {args.repeats} interleaved cycles")
-    results = {"layer": bench_layer, "model": bench_model, "swin": bench_swin, "band": bench_band}[args.what](args)
+    results = {"layer": bench_layer, "model": bench_model, "dtm": bench_dtm, "swin": bench_swin,
+               "band": bench_band}[args.what](args)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"machine": machine(), "args": vars(args), "results": results}, handle, indent=2)

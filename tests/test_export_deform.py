@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from torch import nn
 
 from litv2cli.export import GridSampleDeformConv2d, with_gridsample_deform_convs
 from litv2cli.models import create_model
