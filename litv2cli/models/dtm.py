@@ -32,7 +32,9 @@ def bilinear_neighbours(offset: torch.Tensor, kernel: tuple[int, int], stride: i
     rule: zero padding), and its index is clamped into the map, so every index is valid."""
     batch, _, out_h, out_w = offset.shape
     kh, kw = kernel
-    offset = offset.float().view(batch, kh * kw, 2, out_h, out_w).permute(0, 3, 4, 1, 2)  # (B, Ho, Wo, taps, yx)
+    # Positions in at least float32 (bf16 would round 55.3 to 55.25), whatever the offsets' dtype.
+    offset = offset.to(torch.promote_types(offset.dtype, torch.float32))
+    offset = offset.view(batch, kh * kw, 2, out_h, out_w).permute(0, 3, 4, 1, 2)  # (B, Ho, Wo, taps, yx)
     taps_y = torch.arange(kh, device=offset.device).repeat_interleave(kw)  # taps in row-major order
     taps_x = torch.arange(kw, device=offset.device).repeat(kh)
     y = (torch.arange(out_h, device=offset.device) * stride)[:, None, None] + taps_y + offset[..., 0]
