@@ -18,7 +18,7 @@ paper's equations written out, and the oracle this module must equal):
 - Lo-Fi pooling reads a channels-last view of the map and feeds `l_kv` directly (pooling
   first: s^2 fewer rows for the GEMM than projecting first).
 - Without autograd, `h_proj` and `l_proj` add into the columns of one buffer instead of being
-  concatenated: one copy of the whole output map less (about 6% of the layer at batch 64).
+  concatenated: one copy of the whole output map less (4-5% of the layer at batch 64).
 
 Maps of any size work: the normalised map is zero-padded bottom/right to a multiple of s and
 the output cropped back, as the official detection backbone (and its FLOP counter) does.
