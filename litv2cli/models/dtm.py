@@ -9,8 +9,9 @@ torchvision's CPU kernel builds its im2col buffer one sample at a time, on one c
 of LITv2-S's inference time and over a third of a training step (batch 8, 224, 2 cores).
 `deform_conv2d_gather` computes the same function with ops that run at memory speed: one
 `embedding_bag` gathers and weights the four bilinear neighbours of every sample straight from
-the (B*H*W, C) token rows, in the row layout the GEMM that follows wants. torchvision's op stays the reference, and runs whenever
-the model is exported (ONNX translates it to DeformConv).
+the (B*H*W, C) token rows, in the row layout the GEMM that follows wants. torchvision's op
+stays the reference, and runs whenever the model is exported (ONNX translates it to
+DeformConv).
 """
 
 from __future__ import annotations
