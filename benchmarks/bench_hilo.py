@@ -133,6 +133,18 @@ def report(title: str, seconds: dict[str, dict[str, list[float]]], batch: int, b
     return result
 
 
+def step_kinds(args: argparse.Namespace) -> list[tuple[str, Callable[..., Step]]]:
+    """(mode, step maker) for every mode in `--modes`, inference first."""
+    return [(mode, make) for mode, make in (("infer", infer_step), ("train", train_step)) if mode in args.modes]
+
+
+def measure(steps: dict[str, Step], args: argparse.Namespace, title: str, baseline: str,
+            batch: int | None = None) -> dict:
+    """Time `steps` interleaved with the command's warm-up and cycles, and report them against `baseline`."""
+    seconds = interleaved(steps, args.warmup, args.repeats)
+    return report(title, seconds, batch or args.batch, baseline)
+
+
 def machine() -> str:
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
             f"torch threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, torch {torch.__version__}")
@@ -166,9 +178,7 @@ def bench_layer(args: argparse.Namespace) -> list[dict]:
         difference = (fast(tokens, 14, 14) - reference(tokens, 14, 14)).abs().max().item()
     print(f"max |fast - reference| = {difference:.2e}")
     results = []
-    for mode, make in (("infer", infer_step), ("train", train_step)):
-        if mode not in args.modes:
-            continue
+    for mode, make in step_kinds(args):
         inputs = tokens.clone().requires_grad_(mode == "train")
         steps = {"hilo_reference": make(reference, inputs, 14, 14), "hilo": make(fast, inputs, 14, 14)}
         if mode == "infer":
@@ -178,9 +188,8 @@ def bench_layer(args: argparse.Namespace) -> list[dict]:
             steps["hilo, outputs concatenated"] = make(concatenating, inputs, 14, 14)
             if args.compile:
                 steps["hilo compiled"] = make(torch.compile(copy.deepcopy(fast)), inputs, 14, 14)
-        seconds = interleaved(steps, args.warmup, args.repeats)
         title = f"HiLo layer, dim 384, 12 heads, s=2, alpha 0.9, 14x14, batch {args.batch}, {mode}"
-        results.append(report(title, seconds, args.batch, "hilo_reference"))
+        results.append(measure(steps, args, title, "hilo_reference"))
     return results
 
 
@@ -226,9 +235,7 @@ def bench_model(args: argparse.Namespace) -> list[dict]:
         difference = (fast.eval()(images) - reference_logits).abs().max().item()
     print(f"max |logit difference| = {difference:.2e}")
     results = []
-    for mode, make in (("infer", infer_step), ("train", train_step)):
-        if mode not in args.modes:
-            continue
+    for mode, make in step_kinds(args):
         models = {"litv2_s_reference": reference, "litv2_s": fast}
         if args.parts:
             models["litv2_s, fast HiLo only"] = one_fast_path(fast, reference, "hilo")
@@ -244,9 +251,8 @@ def bench_model(args: argparse.Namespace) -> list[dict]:
                           f"the reference: {(output - reference_logits).abs().max().item():.2e}")
             models["litv2_s compiled"] = compiled
         steps = {name: make(model, images) for name, model in models.items()}
-        seconds = interleaved(steps, args.warmup, args.repeats)
         title = f"LITv2-S, batch {args.batch}, {args.res}x{args.res}, {mode}"
-        results.append(report(title, seconds, args.batch, "litv2_s_reference"))
+        results.append(measure(steps, args, title, "litv2_s_reference"))
     return results
 
 
@@ -263,15 +269,12 @@ def bench_dtm(args: argparse.Namespace) -> list[dict]:
         with torch.no_grad():
             difference = (fast.eval()(tokens, size, size)[0] - reference.eval()(tokens, size, size)[0]).abs().max()
         print(f"max |gather - torchvision| = {difference.item():.2e}")
-        for mode, make in (("infer", infer_step), ("train", train_step)):
-            if mode not in args.modes:
-                continue
+        for mode, make in step_kinds(args):
             inputs = tokens.clone().requires_grad_(mode == "train")
             steps = {name: make(FirstOutput(layer), inputs, size, size)
                      for name, layer in (("torchvision", reference), ("gather", fast))}
-            seconds = interleaved(steps, args.warmup, args.repeats)
             title = f"DTM {dim} -> {2 * dim}, {size}x{size}, batch {args.batch}, {mode}"
-            results.append(report(title, seconds, args.batch, "torchvision"))
+            results.append(measure(steps, args, title, "torchvision"))
     return results
 
 
@@ -294,11 +297,10 @@ def bench_swin(args: argparse.Namespace) -> list[dict]:
               "litv2_s": create_model("s")}
     images = torch.randn(args.batch, 3, args.res, args.res)
     results = []
-    for mode, make in (("infer", infer_step), ("train", train_step)):
+    for mode, make in step_kinds(args):
         steps = {name: make(model, images) for name, model in models.items()}
-        seconds = interleaved(steps, args.warmup, args.repeats)
         title = f"LITv2-S vs Swin-T, batch {args.batch}, {args.res}x{args.res}, {mode}"
-        results.append(report(title, seconds, args.batch, "swin_tiny_patch4_window7_224"))
+        results.append(measure(steps, args, title, "swin_tiny_patch4_window7_224"))
     return results
 
 
@@ -319,10 +321,9 @@ def bench_band(args: argparse.Namespace) -> list[dict]:
                     layer(tokens, width, width)
             return step
 
-        seconds = interleaved({"window partition": with_limit(0), "masked bands": with_limit(1 << 30)},
-                              args.warmup, args.repeats)
         title = f"Hi-Fi only, s={window}, {width}x{width} map, band of {window * width} tokens, batch {batch}"
-        results.append(report(title, seconds, batch, "window partition"))
+        results.append(measure({"window partition": with_limit(0), "masked bands": with_limit(1 << 30)}, args,
+                               title, "window partition", batch=batch))
     return results
 
 
