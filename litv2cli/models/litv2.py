@@ -150,7 +150,7 @@ class LITv2(nn.Module):
             raise ValueError(f"unknown attention {attention!r}; registered: {', '.join(ATTENTIONS)}")
         if reference and attention == "hilo":
             attention = "hilo_reference"
-        self.alpha, self.local_ws, self.attention, self.reference = alpha, tuple(local_ws), attention, reference
+        self.alpha, self.local_ws, self.attention = alpha, tuple(local_ws), attention
         self.embed_dim, self.depths, self.num_heads = embed_dim, tuple(depths), tuple(num_heads)
         self.num_classes = num_classes
         self.num_features = embed_dim * 2 ** (len(depths) - 1)
