@@ -35,12 +35,8 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import pickle
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -50,6 +46,8 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+
+from litv2cli.fresh_process import call_in_fresh_process
 
 Mode = Literal["infer", "train"]
 MAX_SPREAD = 0.10
@@ -354,42 +352,17 @@ def _cuda_peak_memory(model: nn.Module, batch_size: int, resolution: tuple[int, 
                              mode=mode)
 
 
-def child_environment(**extra: str) -> dict[str, str]:
-    """The environment of a measuring child process: this process's thread count, this package
-    importable (with the model's classes) even when it is not installed, and `extra`."""
-    package_root = str(Path(__file__).resolve().parent.parent)
-    python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": python_path, **extra}
-
-
-def run_child(args: list[str], what: str, *, timeout: float | None = None,
-              env: dict[str, str] | None = None) -> str:
-    """stdout of `python ARGS` in a fresh process; a failure raises RuntimeError with the child's
-    last stderr line ("no output" when it printed none, e.g. killed for memory)."""
-    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
-                          env=env if env is not None else child_environment())
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"{what} child process failed: {tail}")
-    return done.stdout
-
-
 def _cpu_peak_memory(model: nn.Module, batch_size: int, resolution: tuple[int, int], *, mode: Mode,
                      timeout_s: float) -> MemoryMeasurement:
     weights = tensor_bytes(model)
-    with tempfile.TemporaryDirectory(prefix="litv2-mem-") as tmp:
-        model_path = Path(tmp) / "model.pt"
-        try:
-            torch.save(copy.deepcopy(model).cpu(), model_path)
-        except (pickle.PicklingError, AttributeError, TypeError) as exc:
-            raise ValueError(f"CPU peak memory needs a picklable model ({exc})") from exc
-        stdout = run_child(["-m", "litv2cli.measure", str(model_path), str(batch_size), str(resolution[0]),
-                            str(resolution[1]), mode], "peak-memory", timeout=timeout_s)
-    values = dict(line.split("=", 1) for line in stdout.split() if "=" in line)
-    growth = int(values["growth"])
+    try:
+        growth, source = call_in_fresh_process(_peak_rss_growth, copy.deepcopy(model).cpu(), batch_size,
+                                               tuple(resolution), mode, what="peak-memory", timeout=timeout_s)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:  # raised here, while pickling the model
+        raise ValueError(f"CPU peak memory needs a picklable model ({exc})") from exc
     return MemoryMeasurement(
         peak_bytes=growth + weights,
-        method=f"peak RSS growth of a fresh process over two steps ({values['peak_source']}) + weights and buffers",
+        method=f"peak RSS growth of a fresh process over two steps ({source}) + weights and buffers",
         device=device_name(torch.device("cpu")), batch_size=batch_size, resolution=tuple(resolution), mode=mode,
         details={"rss_growth_bytes": growth, "weights_bytes": weights},
     )
@@ -413,15 +386,13 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _child_main(argv: list[str]) -> int:
-    """Runs in the fresh process started by `_cpu_peak_memory`; prints growth=<bytes>."""
+def _peak_rss_growth(model: nn.Module, batch_size: int, resolution: tuple[int, int], mode: Mode) -> tuple[int, str]:
+    """Runs in the fresh process of `_cpu_peak_memory`: (peak RSS growth in bytes over two steps, its source)."""
     import gc
     import resource
 
-    model_path, batch_size, height, width, mode = argv
-    model = torch.load(model_path, weights_only=False)  # our own file, written a moment ago
-    step, _ = _make_step(model, int(batch_size), (int(height), int(width)), mode=mode,  # type: ignore[arg-type]
-                         device=torch.device("cpu"), channels_last=False, autocast_dtype=None)
+    step, _ = _make_step(model, batch_size, resolution, mode=mode, device=torch.device("cpu"), channels_last=False,
+                         autocast_dtype=None)
     gc.collect()
     baseline_kib = _status_kib("VmRSS")
     if baseline_kib is not None and _reset_peak_rss():
@@ -432,9 +403,4 @@ def _child_main(argv: list[str]) -> int:
     for _ in range(2):  # the second step shows steady state (e.g. AdamW's state exists from the first)
         step()
     peak_kib = _status_kib("VmHWM") if source == "VmHWM" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"growth={max(peak_kib - baseline_kib, 0) * 1024} peak_source={source}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_child_main(sys.argv[1:]))
+    return max(peak_kib - baseline_kib, 0) * 1024, source

@@ -14,7 +14,6 @@ import math
 import pytest
 
 from litv2cli.bench.attention import ATTENTION_LABELS
-from litv2cli.bench.measuring import timing_environment
 from litv2cli.bench.models import build_model, model_macs
 from litv2cli.cli.main import main
 
@@ -124,13 +123,6 @@ def test_unwritable_output_is_refused_before_measuring(capsys, tmp_path):
     captured = capsys.readouterr()
     assert captured.err.strip() == captured.err.strip().splitlines()[0] and str(blocked) in captured.err
     assert captured.out == "" and sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
-
-
-def test_cpu_timing_child_waits_passively_unless_told_otherwise(monkeypatch):
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert timing_environment()["OMP_WAIT_POLICY"] == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert timing_environment()["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 @pytest.mark.parametrize(("args", "message"), [

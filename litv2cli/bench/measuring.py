@@ -2,31 +2,22 @@
 throughput of several models side by side, and peak memory that reports running out of memory
 (or past the CPU's time budget) as an outcome instead of an exception.
 
-On a CPU, throughput is timed in a fresh process started with `OMP_WAIT_POLICY=PASSIVE` (unless
-the environment sets a policy). By default OpenMP's worker threads spin while they wait for
-work; when other processes share the cores, a spinning worker holds the core the main thread
-needs, and on 2 busy cores a 5 ms step of LITv2-T took from 20 ms to over 800 ms, so that
-`bench model` reported a few images/s where the model does about 200. The policy is read
-once, when the OpenMP runtime loads with torch, so it cannot be changed in this process; a
-child started with it can.
+On a CPU, all of a plan's throughput is timed in one fresh process with passive OpenMP waiting
+(`litv2cli.fresh_process` says why: spinning OpenMP workers on shared cores made a 5 ms step
+of LITv2-T take up to 800 ms, and a process's history changes its speed).
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from litv2cli.bench.protocol import BenchSettings, default_settings, omp_wait_policy
-from litv2cli.measure import (
-    Measurement, Mode, child_environment, measure_peak_memory, measure_throughput_interleaved, run_child,
-)
+from litv2cli.bench.protocol import BenchSettings
+from litv2cli.fresh_process import call_in_fresh_process
+from litv2cli.measure import Measurement, Mode, measure_peak_memory, measure_throughput_interleaved
 
 OK = "ok"
 OOM = "OOM"
@@ -79,7 +70,9 @@ def planned_throughput(models: dict[str, nn.Module], settings: BenchSettings, pl
     On a CPU the whole plan runs in one fresh process with passive OpenMP waiting (see the
     module docstring): one process start, however many resolutions."""
     if settings.device.type == "cpu":
-        return _throughput_in_child(models, settings, plan, mode)
+        timed = {name for _, names in plan for name in names}
+        return call_in_fresh_process(_throughput_here, {name: models[name] for name in timed}, settings, plan, mode,
+                                     what="throughput")
     return _throughput_here(models, settings, plan, mode)
 
 
@@ -98,50 +91,8 @@ def _throughput_here(models: dict[str, nn.Module], settings: BenchSettings, plan
             release(model, settings)
 
 
-def timing_environment() -> dict[str, str]:
-    """The timing child's environment: passive OpenMP waiting unless set (see `omp_wait_policy`)."""
-    return child_environment(OMP_WAIT_POLICY=omp_wait_policy())
-
-
-def _throughput_in_child(models: dict[str, nn.Module], settings: BenchSettings, plan: Plan,
-                         mode: Mode) -> list[dict[str, Measurement]]:
-    timed = {name for _, names in plan for name in names}
-    job = {"plan": [[list(resolution), names] for resolution, names in plan], "mode": mode,
-           "batch_size": settings.batch_size, "warmup": settings.warmup, "repeats": settings.repeats,
-           "compile_mode": settings.compile_mode,
-           "autocast": None if settings.autocast_dtype is None else str(settings.autocast_dtype).removeprefix("torch.")}
-    with tempfile.TemporaryDirectory(prefix="litv2-bench-") as tmp:
-        torch.save({name: model for name, model in models.items() if name in timed}, Path(tmp) / "models.pt")
-        (Path(tmp) / "job.json").write_text(json.dumps(job))
-        stdout = run_child(["-m", "litv2cli.bench.measuring", tmp], "throughput", env=timing_environment())
-    results = json.loads(stdout.strip().splitlines()[-1])
-    return [{name: _measurement(data) for name, data in at_resolution.items()} for at_resolution in results]
-
-
-def _measurement(data: dict) -> Measurement:
-    fields = {key: value for key, value in data.items() if key in Measurement.__dataclass_fields__}
-    return Measurement(**{**fields, "samples": tuple(fields["samples"]), "resolution": tuple(fields["resolution"])})
-
-
-def _child_main(job_dir: str) -> int:
-    """Runs in the process started by `_throughput_in_child`; prints one JSON line of results."""
-    job = json.loads((Path(job_dir) / "job.json").read_text())
-    models = torch.load(Path(job_dir) / "models.pt", weights_only=False)  # our own file, written a moment ago
-    settings = default_settings(batch_size=job["batch_size"], warmup=job["warmup"], repeats=job["repeats"],
-                                dtype=job["autocast"] or "float32", compile_mode=job["compile_mode"],
-                                device=torch.device("cpu"))
-    plan = [(tuple(resolution), names) for resolution, names in job["plan"]]
-    measured = _throughput_here(models, settings, plan, job["mode"])
-    print(json.dumps([{name: value.as_dict() for name, value in at_resolution.items()} for at_resolution in measured]))
-    return 0
-
-
 def release(model: nn.Module, settings: BenchSettings) -> None:
     """Measuring moves a model to the device; move it back so the next measurement starts empty."""
     if settings.device.type == "cuda":
         model.cpu()
         torch.cuda.empty_cache()
-
-
-if __name__ == "__main__":
-    sys.exit(_child_main(sys.argv[1]))

@@ -4,11 +4,11 @@ device, timing)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 
+from litv2cli.fresh_process import omp_wait_policy
 from litv2cli.measure import default_device, device_name
 
 # The paper's protocol on a GPU (batch 64, median of 30 steps, mixed precision); on a 2-core CPU
@@ -48,12 +48,6 @@ class BenchSettings:
         return (f"batch {self.batch_size}, {resolution}, {self.dtype_label}, contiguous (NCHW) input, {compiled}, "
                 f"{device_name(self.device)}, torch {torch.__version__}; {self.warmup} warm-up steps, median of "
                 f"{self.repeats} steps timed by {timer}, models interleaved step by step")
-
-
-def omp_wait_policy() -> str:
-    """OpenMP's wait policy for timing on a CPU: passive unless the environment sets one (spinning
-    worker threads take the core the main thread needs on a shared machine)."""
-    return os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def default_settings(*, batch_size: int | None = None, warmup: int | None = None, repeats: int | None = None,

@@ -4,9 +4,10 @@
     python -m litv2cli.search.bench agreement runs/zc/litv2-t-64x64-b64-infer-zero-cost/search.json \
         runs/train/litv2-t-64x64-b64-infer-train/search.json
 
-`repeatability` measures one point several times in one process and reports each median and
-the spread of the medians ((max - min) / mean), so users know how far apart two points must be
-for the search to rank them reliably on this machine. `agreement` reads the `search.json` of a
+`repeatability` measures one point several times, as the search does (on a CPU, each time in a
+fresh process), and reports each median and the spread of the medians ((max - min) / mean), so
+users know how far apart two points must be for the search to rank them reliably on this
+machine. `agreement` reads the `search.json` of a
 zero-cost search and of a training-proxy search over the same points and reports Kendall's tau
 between each zero-cost score (and their rank combination) and the trained validation top-1;
 `benchmarks/bench_search_proxy.py` runs the whole protocol (several seeds, a noise ceiling).
@@ -29,13 +30,14 @@ def repeatability(variant: str, alpha: float, window: tuple[int, int, int, int],
     """Measure the same model `times` times; medians, per-measurement spreads, spread of medians."""
     import torch
 
-    from litv2cli.measure import measure_throughput
     from litv2cli.models import create_model
+    from litv2cli.search.evaluate import MeasureSettings, timings
 
     torch.manual_seed(0)
     model = create_model(variant, drop_path_rate=0.0, alpha=alpha, local_ws=window)
-    results = [measure_throughput(model, batch_size, resolution, warmup=warmup, repeats=repeats)
-               for _ in range(times)]
+    settings = MeasureSettings(variant=variant, resolution=resolution, batch_size=batch_size, warmup=warmup,
+                               repeats=repeats)
+    results = [timings(model, settings)[0] for _ in range(times)]
     medians = [r.images_per_s for r in results]
     return {
         "variant": variant, "alpha": alpha, "window": list(window), "protocol": results[0].protocol,

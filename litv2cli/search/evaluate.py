@@ -2,18 +2,22 @@
 
 Speed and memory are measured with the model's ImageNet head (1000 classes, as deployed);
 proxies use a head sized to `--data`'s classes, because snip and grad_norm need its labels.
-Every model is built with drop path 0, so measurements and scores do not depend on it.
+Every model is built with drop path 0, so measurements and scores do not depend on it. On a
+CPU the timings run in a fresh process per point (`litv2cli.fresh_process` says why).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from litv2cli.measure import Measurement, measure_latency, measure_peak_memory, measure_throughput
+from litv2cli.fresh_process import call_in_fresh_process, omp_wait_policy
+from litv2cli.measure import (
+    Measurement, default_device, measure_latency, measure_peak_memory, measure_throughput,
+)
 from litv2cli.search.proxies import Batch, score_model
 from litv2cli.search.space import Point
 
@@ -61,14 +65,12 @@ def measure_point(point: Point, settings: MeasureSettings, proxy: ProxySettings 
     model = build_model(settings.variant, point)
     metrics: dict[str, Any] = {"params": float(count_params(model)),
                                "flops": float(count_flops(model, settings.resolution))}
-    throughput = _throughput(model, settings)
+    throughput, latency = timings(model, settings, latency=settings.latency)
     metrics.update(throughput=throughput.images_per_s, throughput_spread=throughput.spread,
                    throughput_stable=throughput.stable, throughput_rounds=throughput.rounds,
                    throughput_samples=[round(s, 3) for s in throughput.samples], device=throughput.device,
                    dtype=throughput.dtype, protocol=throughput.protocol)
-    if settings.latency:
-        latency = measure_latency(model, settings.resolution, device=settings.device, warmup=settings.warmup,
-                                  repeats=settings.repeats, max_rounds=settings.max_rounds)
+    if latency is not None:
         metrics.update(latency=latency.latency_ms, latency_spread=latency.spread, latency_stable=latency.stable)
     if settings.memory:
         memory = measure_peak_memory(model, settings.batch_size, settings.resolution, mode=settings.mode,
@@ -85,14 +87,29 @@ def measure_point(point: Point, settings: MeasureSettings, proxy: ProxySettings 
 def remeasure_throughput(point: Point, settings: MeasureSettings) -> float:
     """Images/s of `point` measured again with the same protocol (for the drift check)."""
     torch.manual_seed(0)
-    return _throughput(build_model(settings.variant, point), settings).images_per_s
+    return timings(build_model(settings.variant, point), settings)[0].images_per_s
 
 
-def _throughput(model: nn.Module, settings: MeasureSettings) -> Measurement:
-    """The one throughput protocol of a search: a point's measurement and its drift check use it."""
-    return measure_throughput(model, settings.batch_size, settings.resolution, mode=settings.mode,
-                              device=settings.device, warmup=settings.warmup, repeats=settings.repeats,
-                              max_rounds=settings.max_rounds)
+def timings(model: nn.Module, settings: MeasureSettings, *, latency: bool = False) -> tuple[Measurement, Measurement | None]:
+    """The one timing protocol of a search (a point's measurement and its drift check use it).
+    On a CPU every point is timed in a fresh process, so that no point runs faster for what the
+    search did before it (`litv2cli.fresh_process`)."""
+    device = torch.device(settings.device) if settings.device is not None else default_device()
+    if device.type != "cpu":
+        return _timed(model, settings, latency)
+    timed = call_in_fresh_process(_timed, model, settings, latency, what="throughput")
+    where = f" in a fresh process (OMP_WAIT_POLICY={omp_wait_policy()})"
+    return tuple(None if m is None else replace(m, timer=m.timer + where) for m in timed)  # type: ignore[return-value]
+
+
+def _timed(model: nn.Module, settings: MeasureSettings, latency: bool) -> tuple[Measurement, Measurement | None]:
+    throughput = measure_throughput(model, settings.batch_size, settings.resolution, mode=settings.mode,
+                                    device=settings.device, warmup=settings.warmup, repeats=settings.repeats,
+                                    max_rounds=settings.max_rounds)
+    if not latency:
+        return throughput, None
+    return throughput, measure_latency(model, settings.resolution, device=settings.device, warmup=settings.warmup,
+                                       repeats=settings.repeats, max_rounds=settings.max_rounds)
 
 
 def load_proxy_batches(source: str, resolution: tuple[int, int], *, batch_size: int, num_batches: int,

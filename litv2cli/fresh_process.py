@@ -1,0 +1,117 @@
+"""Run a function in a fresh Python process, for timings that a long-lived process distorts.
+
+On a CPU, what a process has done before changes how fast the next model runs in it. LITv2-S
+measured 10.8-11.0 images/s in one process, then 13.4 once `litv2 search`'s zero-cost proxies
+(backward passes at batch 16) had run in it: the C allocator keeps the pages they touched, so
+later steps page-fault less. A search timing in its own process measured its first point,
+timed before any proxy, 40% slower than the same point at the end. A timing made in its own
+process starts from the same state as every other.
+
+Starting Python and importing torch and timm takes about 4 s, so the processes are forked from
+a server that has done that once (multiprocessing's fork server, preloaded with our models):
+a call then costs about 50 ms, plus the time to pass the model (about 2 s for LITv2-S).
+
+The server, and so every child, waits passively for OpenMP work (`omp_wait_policy`): by default
+OpenMP's worker threads spin while they wait, and on cores shared with other processes a
+spinning worker holds the core the main thread needs (a 5 ms step of LITv2-T took from 20 ms to
+over 800 ms on 2 busy cores). The policy is read once, when torch loads the OpenMP runtime, so
+only a new process can change it; the server keeps the environment and thread count this
+process had when it first needed one.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.forkserver
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def omp_wait_policy() -> str:
+    """OpenMP's wait policy for timing on a CPU: passive unless the environment sets one."""
+    return os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def timing_environment() -> dict[str, str]:
+    """The environment the timing processes get: this process's, with its thread count, this
+    package importable (with the model's classes) even when it is not installed, and passive
+    OpenMP waiting unless a policy is set."""
+    package_root = str(Path(__file__).resolve().parent.parent)
+    python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": python_path,
+            "OMP_WAIT_POLICY": omp_wait_policy()}
+
+
+def call_in_fresh_process(function: Callable[..., Any], *args: Any, what: str, timeout: float | None = None,
+                          **kwargs: Any) -> Any:
+    """`function(*args, **kwargs)` run in a fresh process, and its result; `function` must be
+    importable by name. Raises RuntimeError with the child's error in one line ("no output" when
+    it died without one, e.g. killed for memory) and subprocess.TimeoutExpired after `timeout` s.
+
+    The process is forked from a server that was started once, with `timing_environment()`, and
+    has only imported torch and our models: every call starts from that same state, without
+    paying the seconds those imports take. Arguments (models included) and the result travel as
+    `torch.save` bytes through a pipe, not through shared memory, whose size containers limit."""
+    call = io.BytesIO()
+    torch.save((function, args, kwargs), call)
+    receiver, sender = _server().Pipe(duplex=False)
+    child = _server().Process(target=_child, args=(call.getvalue(), sender), daemon=True)
+    child.start()
+    sender.close()
+    try:
+        if not receiver.poll(timeout):
+            child.kill()
+            raise subprocess.TimeoutExpired(what, timeout or 0.0)
+        try:
+            ok, payload = receiver.recv()
+        except EOFError:
+            ok, payload = False, "no output"
+    finally:
+        receiver.close()
+        child.join()
+    if not ok:
+        raise RuntimeError(f"{what} child process failed: {payload}")
+    return torch.load(io.BytesIO(payload), weights_only=False)  # our own child's answer
+
+
+_started = False
+
+
+def _server() -> multiprocessing.context.ForkServerContext:
+    """multiprocessing's fork server, started on first use with the timing environment."""
+    global _started
+    context = multiprocessing.get_context("forkserver")
+    if not _started:
+        context.set_forkserver_preload(["__main__", __name__, "litv2cli.models"])
+        saved = dict(os.environ)
+        os.environ.update(timing_environment())  # the server inherits this process's environment
+        try:
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        _started = True
+    return context
+
+
+def _child(call: bytes, sender: multiprocessing.connection.Connection) -> None:
+    """Runs in the forked process: sends (True, result bytes) or (False, the error in one line)."""
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 1)  # what the function prints is not ours to show (nor its warnings)
+    os.dup2(quiet, 2)
+    try:
+        function, args, kwargs = torch.load(io.BytesIO(call), weights_only=False)  # written by our parent
+        result = io.BytesIO()
+        torch.save(function(*args, **kwargs), result)
+        sender.send((True, result.getvalue()))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        sender.send((False, f"{type(exc).__name__}: {exc}".splitlines()[0]))
+    finally:
+        sender.close()
