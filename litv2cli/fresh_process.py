@@ -58,7 +58,9 @@ def call_in_fresh_process(function: Callable[..., Any], *args: Any, what: str, t
     The process is forked from a server that was started once, with `timing_environment()`, and
     has only imported torch and our models: every call starts from that same state, without
     paying the seconds those imports take. Arguments (models included) and the result travel as
-    `torch.save` bytes through a pipe, not through shared memory, whose size containers limit."""
+    `torch.save` bytes through a pipe, not through shared memory, whose size containers limit.
+    As with any multiprocessing fork server, the calling program must be a file or a module
+    (`python script.py`, `python -m ...`, `python -c ...`), not code read from stdin."""
     call = io.BytesIO()
     torch.save((function, args, kwargs), call)
     receiver, sender = _server().Pipe(duplex=False)
