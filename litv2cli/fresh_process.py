@@ -63,8 +63,9 @@ def call_in_fresh_process(function: Callable[..., Any], *args: Any, what: str, t
     (`python script.py`, `python -m ...`, `python -c ...`), not code read from stdin."""
     call = io.BytesIO()
     torch.save((function, args, kwargs), call)
-    receiver, sender = _server().Pipe(duplex=False)
-    child = _server().Process(target=_child, args=(call.getvalue(), sender), daemon=True)
+    server = _server()
+    receiver, sender = server.Pipe(duplex=False)
+    child = server.Process(target=_child, args=(call.getvalue(), sender), daemon=True)
     child.start()
     sender.close()
     try:

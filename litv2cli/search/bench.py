@@ -7,9 +7,9 @@
 `repeatability` measures one point several times, as the search does (on a CPU, each time in a
 fresh process), and reports each median and the spread of the medians ((max - min) / mean), so
 users know how far apart two points must be for the search to rank them reliably on this
-machine. `agreement` reads the `search.json` of a
-zero-cost search and of a training-proxy search over the same points and reports Kendall's tau
-between each zero-cost score (and their rank combination) and the trained validation top-1;
+machine. `agreement` reads the `search.json` of a zero-cost search and of a training-proxy
+search over the same points and reports Kendall's tau between each zero-cost score (and their
+rank combination) and the trained validation top-1;
 `benchmarks/bench_search_proxy.py` runs the whole protocol (several seeds, a noise ceiling).
 """
 

@@ -90,7 +90,8 @@ def remeasure_throughput(point: Point, settings: MeasureSettings) -> float:
     return timings(build_model(settings.variant, point), settings)[0].images_per_s
 
 
-def timings(model: nn.Module, settings: MeasureSettings, *, latency: bool = False) -> tuple[Measurement, Measurement | None]:
+def timings(model: nn.Module, settings: MeasureSettings, *,
+            latency: bool = False) -> tuple[Measurement, Measurement | None]:
     """The one timing protocol of a search (a point's measurement and its drift check use it).
     On a CPU every point is timed in a fresh process, so that no point runs faster for what the
     search did before it (`litv2cli.fresh_process`)."""
