@@ -35,8 +35,9 @@ import torch
 
 
 def omp_wait_policy() -> str:
-    """OpenMP's wait policy for timing on a CPU: passive unless the environment sets one."""
-    return os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+    """The OpenMP wait policy timings run under: the server's once it runs (it keeps the one it
+    started with), else the one it would start with."""
+    return _server_policy or timing_environment()["OMP_WAIT_POLICY"]
 
 
 def timing_environment() -> dict[str, str]:
@@ -46,7 +47,7 @@ def timing_environment() -> dict[str, str]:
     package_root = str(Path(__file__).resolve().parent.parent)
     python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": python_path,
-            "OMP_WAIT_POLICY": omp_wait_policy()}
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 
 
 def call_in_fresh_process(function: Callable[..., Any], *args: Any, what: str, timeout: float | None = None,
@@ -84,23 +85,24 @@ def call_in_fresh_process(function: Callable[..., Any], *args: Any, what: str, t
     return torch.load(io.BytesIO(payload), weights_only=False)  # our own child's answer
 
 
-_started = False
+_server_policy: str | None = None  # OMP_WAIT_POLICY of the running server; None before it starts
 
 
 def _server() -> multiprocessing.context.ForkServerContext:
     """multiprocessing's fork server, started on first use with the timing environment."""
-    global _started
+    global _server_policy
     context = multiprocessing.get_context("forkserver")
-    if not _started:
+    if _server_policy is None:
         context.set_forkserver_preload(["__main__", __name__, "litv2cli.models"])
         saved = dict(os.environ)
-        os.environ.update(timing_environment())  # the server inherits this process's environment
+        environment = timing_environment()
+        os.environ.update(environment)  # the server inherits this process's environment
         try:
             multiprocessing.forkserver.ensure_running()
         finally:
             os.environ.clear()
             os.environ.update(saved)
-        _started = True
+        _server_policy = environment["OMP_WAIT_POLICY"]
     return context
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from litv2cli.fresh_process import call_in_fresh_process, timing_environment
+from litv2cli.fresh_process import call_in_fresh_process, omp_wait_policy, timing_environment
 
 
 def test_a_call_runs_in_another_process_and_returns_its_result():
@@ -25,6 +25,13 @@ def test_the_child_waits_passively_for_openmp_work_and_keeps_this_thread_count(m
     assert timing_environment()["OMP_NUM_THREADS"] == str(torch.get_num_threads())
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert timing_environment()["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_the_policy_reported_with_timings_is_the_one_the_children_run_under(monkeypatch):
+    """The server keeps the environment it started with; the protocol line must say that one."""
+    call_in_fresh_process(os.getpid, what="pid")  # the server runs
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE" if omp_wait_policy() != "ACTIVE" else "PASSIVE")
+    assert omp_wait_policy() == call_in_fresh_process(os.getenv, "OMP_WAIT_POLICY", what="env")
 
 
 def test_what_the_function_prints_does_not_corrupt_its_result():

@@ -11,7 +11,7 @@ import click
 import typer
 from rich.console import Console
 
-from litv2cli.cli.options import JsonOutput, check_variant, parse_resolution
+from litv2cli.cli.options import JsonOutput, check_choice, check_variant, parse_resolution
 from litv2cli.errors import UserError
 from litv2cli.paths import check_creatable_dir
 
@@ -64,7 +64,7 @@ def model_command(models: Models = None, res: Res = "224", batch_size: BatchSize
     check_model_names(names)
     resolution = parse_resolution(res)
     _check_output(output)
-    _check_choice("--mode", mode, ("infer", "train"))
+    check_choice("--mode", mode, ("infer", "train"))
     settings = _settings(batch_size, warmup, repeats, dtype, compile, compile_mode, not no_memory, None)
     _progress(json_output)(f"measuring {len(names)} models on {settings.device} (batch {settings.batch_size})")
     rows = [row.as_dict() for row in run_model_bench(names, resolution, settings, mode=mode)]
@@ -110,16 +110,11 @@ def _check_output(output: Path | None) -> None:
         check_creatable_dir(output)
 
 
-def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise UserError(f"{option} {value!r}: choose one of {', '.join(choices)}")
-
-
 def _settings(batch_size, warmup, repeats, dtype, compile, compile_mode, memory, budget_s):
     from litv2cli.bench.protocol import default_settings
 
-    _check_choice("--dtype", dtype, ("auto", "float32", "bfloat16"))
-    _check_choice("--compile-mode", compile_mode, COMPILE_MODES)
+    check_choice("--dtype", dtype, ("auto", "float32", "bfloat16"))
+    check_choice("--compile-mode", compile_mode, COMPILE_MODES)
     return default_settings(batch_size=batch_size, warmup=warmup, repeats=repeats, dtype=dtype,
                             compile_mode=compile_mode if compile else None, measure_memory=memory,
                             step_budget_s=budget_s)

@@ -74,6 +74,13 @@ def check_alpha(alpha: float | None) -> float | None:
     return alpha
 
 
+def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
+    """`value` if it is one of `choices`, else one line that lists them."""
+    if value not in choices:
+        raise UserError(f"{option} {value!r}: choose one of {', '.join(choices)}")
+    return value
+
+
 def check_variant(variant: str) -> str:
     from litv2cli.models import VARIANTS
 

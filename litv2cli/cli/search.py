@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from litv2cli.cli.options import check_variant, parse_resolution
+from litv2cli.cli.options import check_choice, check_variant, parse_resolution
 from litv2cli.errors import UserError
 
 app = typer.Typer()
@@ -129,10 +129,10 @@ def search(
     resolution = parse_resolution(res)
     parse_alphas(alpha)
     parse_windows(window)
-    _check_choice("--mode", mode, ("infer", "train"))
-    _check_choice("--proxy", proxy, PROXY_KINDS)
-    _check_choice("--sampler", sampler, SAMPLERS)
-    _check_choice("--pruner", pruner, PRUNERS)
+    check_choice("--mode", mode, ("infer", "train"))
+    check_choice("--proxy", proxy, PROXY_KINDS)
+    check_choice("--sampler", sampler, SAMPLERS)
+    check_choice("--pruner", pruner, PRUNERS)
     check_pick_rule(pick, objectives)
     if device is not None and device.startswith("cuda"):
         import torch
@@ -175,11 +175,6 @@ def search(
             console.print(f"  {kind}: {path}")
     console.print("[dim]Note: LITv2-S ImageNet top-1 spans only 0.22 points over alpha 0.2-1.0; no cheap proxy "
                   "resolves that, so within that band let the measured speed decide.[/dim]")
-
-
-def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise UserError(f"{flag} {value}: choose one of {', '.join(choices)}")
 
 
 def _front_table(result, config):

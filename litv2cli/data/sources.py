@@ -182,9 +182,7 @@ def open_split(source: str, split: str, *, image_column: str | None = None, labe
 
 def _open_table(source: str, kind: str, split: str, image_column: str | None, label_column: str | None) -> ImageSplit:
     tables = load_tables(source, kind)
-    name = split if split in tables else val_split_name(source, tables, split) if split in VAL_NAMES else None
-    if name is None:
-        raise UserError(f"--data {source}: no '{split}' split (found: {', '.join(tables)})")
+    name = split_name(source, tables, split)
     train_name = _train_name(source, tables, "train") if "train" in tables else name
     image_col, label_col = detect_columns(source, tables[name], image_column, label_column)
     labels = TableLabels.from_train(source, tables[train_name], label_col)
@@ -381,6 +379,15 @@ def _train_name(source: str, tables: dict[str, Any], requested: str) -> str:
     if requested not in tables:
         raise UserError(f"--data {source}: no '{requested}' split (found: {', '.join(tables) or 'none'})")
     return requested
+
+
+def split_name(source: str, tables: dict[str, Any], split: str) -> str:
+    """`split` if present; for a validation name ("val", ...), else whichever of them is."""
+    if split in tables:
+        return split
+    if split in VAL_NAMES:
+        return val_split_name(source, tables, split)
+    raise UserError(f"--data {source}: no '{split}' split (found: {', '.join(tables)})")
 
 
 def val_split_name(source: str, tables: dict[str, Any], requested: str) -> str:

@@ -35,7 +35,7 @@ from typing import Any
 from torch.utils.data import IterableDataset, get_worker_info
 
 from litv2cli.data.sources import (
-    VAL_NAMES, SourceInfo, detect_columns, parquet_data_files, parquet_rows, short_reason, val_split_name,
+    SourceInfo, detect_columns, parquet_data_files, parquet_rows, short_reason, split_name, val_split_name,
 )
 from litv2cli.data.splits import DECODE_ERRORS, Transform, decode_image, encoded_image
 from litv2cli.errors import UserError
@@ -102,9 +102,7 @@ def describe_stream(source: str, kind: str, *, image_column: str | None, label_c
 def open_stream(source: str, kind: str, split: str, *, image_column: str | None,
                 label_column: str | None) -> StreamingSplit:
     streams = load_streams(source, kind)
-    name = split if split in streams else val_split_name(source, streams, split) if split in VAL_NAMES else None
-    if name is None:
-        raise UserError(f"--data {source}: no '{split}' split (found: {', '.join(streams)})")
+    name = split_name(source, streams, split)
     train = streams.get("train", streams[name])
     image_col, label_col = _columns(source, streams[name], image_column, label_column)
     return StreamingSplit(streams[name], image_col, label_col, _class_names(source, train, label_col),
