@@ -30,6 +30,7 @@ as images/s per worker = images / seconds / workers.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -154,20 +155,21 @@ def time_epoch(loader: DataLoader, seed: int) -> tuple[int, float]:
 
 
 def measure(loaders: dict[str, Callable[[], DataLoader]], reps: int) -> dict[str, dict[str, float]]:
+    from litv2cli.measure import interleaved
+
     built = {name: make() for name, make in loaders.items()}
     for loader in built.values():  # warm-up: worker start, page cache, lazy imports
         time_epoch(loader, seed=0)
-    times: dict[str, list[float]] = {name: [] for name in built}
-    counts: dict[str, int] = {}
-    names = list(built)
-    for rep in range(reps):
-        shift = rep % len(names)
-        for name in names[shift:] + names[:shift]:
-            counts[name], seconds = time_epoch(built[name], seed=1 + rep)
-            times[name].append(seconds)
+    # Every loader's epoch r (counted from 1) is seeded r, whatever its place in the rotation.
+    epochs = interleaved({name: lambda loader=loader, seeds=itertools.count(1): time_epoch(loader, seed=next(seeds))
+                          for name, loader in built.items()}, reps)
     del built
-    return {name: {"images": counts[name], "median_s": statistics.median(t), "min_s": min(t), "max_s": max(t)}
-            for name, t in times.items()}
+    results = {}
+    for name, runs in epochs.items():
+        times = [seconds for _, seconds in runs]
+        results[name] = {"images": runs[-1][0], "median_s": statistics.median(times), "min_s": min(times),
+                         "max_s": max(times)}
+    return results
 
 
 def first_batches_agree(folder: Path, arrow: Path, batch_size: int) -> float:

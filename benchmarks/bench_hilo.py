@@ -61,6 +61,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from litv2cli.models import HiLo, HiLoReference, create_model  # noqa: E402
+from litv2cli.measure import interleaved  # noqa: E402
 from litv2cli.models.dtm import DeformConv2d  # noqa: E402
 
 Step = Callable[[], None]
@@ -84,21 +85,20 @@ def train_step(model: nn.Module, *inputs) -> Step:
     return step
 
 
-def interleaved(steps: dict[str, Step], warmup: int, repeats: int) -> dict[str, dict[str, list[float]]]:
+def timed_cycles(steps: dict[str, Step], warmup: int, repeats: int) -> dict[str, dict[str, list[float]]]:
     """Wall and CPU seconds of every step of every model: `repeats` cycles, order rotating each cycle."""
-    names = list(steps)
     for _ in range(warmup):
-        for name in names:
-            steps[name]()
-    seconds: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in names}
-    for cycle in range(repeats):
-        shift = cycle % len(names)
-        for name in names[shift:] + names[:shift]:
-            wall, cpu = time.perf_counter(), time.process_time()
-            steps[name]()
-            seconds[name]["wall"].append(time.perf_counter() - wall)
-            seconds[name]["cpu"].append(time.process_time() - cpu)
-    return seconds
+        for step in steps.values():
+            step()
+
+    def wall_and_cpu(step: Step) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        step()
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    timings = interleaved({name: lambda step=step: wall_and_cpu(step) for name, step in steps.items()}, repeats)
+    return {name: {"wall": [wall for wall, _ in pairs], "cpu": [cpu for _, cpu in pairs]}
+            for name, pairs in timings.items()}
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -141,7 +141,7 @@ def step_kinds(args: argparse.Namespace) -> list[tuple[str, Callable[..., Step]]
 def measure(steps: dict[str, Step], args: argparse.Namespace, title: str, baseline: str,
             batch: int | None = None) -> dict:
     """Time `steps` interleaved with the command's warm-up and cycles, and report them against `baseline`."""
-    seconds = interleaved(steps, args.warmup, args.repeats)
+    seconds = timed_cycles(steps, args.warmup, args.repeats)
     return report(title, seconds, batch or args.batch, baseline)
 
 

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import nn
@@ -51,6 +51,7 @@ from litv2cli.fresh_process import call_in_fresh_process
 
 Mode = Literal["infer", "train"]
 MAX_SPREAD = 0.10
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -190,21 +191,27 @@ def measure_throughput_interleaved(models: dict[str, nn.Module], batch_size: int
             steps[name]()
     _synchronize(device)
 
-    def run_round() -> dict[str, list[float]]:
-        samples: dict[str, list[float]] = {name: [] for name in names}
-        for cycle in range(repeats):
-            shift = cycle % len(names)
-            for name in names[shift:] + names[:shift]:
-                samples[name].append(batch_size / _timed_steps(steps[name], 1, device)[0])
-        return samples
-
-    best, rounds = _best_round(run_round, _worst_spread, max_spread, max_rounds)
+    timed = {name: lambda step=steps[name]: batch_size / _timed_steps(step, 1, device)[0] for name in names}
+    best, rounds = _best_round(lambda: interleaved(timed, repeats), _worst_spread, max_spread, max_rounds)
     label = device_name(device)
     timer = ("cuda-events" if device.type == "cuda" else "perf_counter") + ", interleaved"
     return {name: _measurement(best[name], rounds, prepared[name], label, batch_size=batch_size, resolution=resolution,
                                mode=mode, warmup=warmup, repeats=repeats, max_spread=max_spread,
                                channels_last=channels_last, autocast_dtype=autocast_dtype, timer=timer)
             for name in names}
+
+
+def interleaved(steps: dict[str, Callable[[], T]], cycles: int) -> dict[str, list[T]]:
+    """What every step returned, over `cycles` cycles. A cycle calls each step once, in an order
+    that rotates from cycle to cycle, so that the drift of a shared machine hits all alike and
+    no step always runs right after the same other one."""
+    names = list(steps)
+    results: dict[str, list[T]] = {name: [] for name in names}
+    for cycle in range(cycles):
+        shift = cycle % len(names)
+        for name in names[shift:] + names[:shift]:
+            results[name].append(steps[name]())
+    return results
 
 
 def _check_protocol(batch_size: int, repeats: int, warmup: int, max_rounds: int, mode: str) -> None:

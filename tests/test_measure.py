@@ -10,8 +10,23 @@ import torch
 from torch import nn
 
 from litv2cli.measure import (
-    cpu_model_name, device_name, measure_latency, measure_peak_memory, measure_throughput, relative_spread,
+    cpu_model_name, device_name, interleaved, measure_latency, measure_peak_memory, measure_throughput,
+    relative_spread,
 )
+
+
+def test_interleaved_cycles_rotate_the_order_and_keep_each_steps_values_in_its_own_order():
+    calls = []
+
+    def step(name):
+        def run():
+            calls.append(name)
+            return len(calls)
+        return run
+
+    results = interleaved({"a": step("a"), "b": step("b"), "c": step("c")}, 3)
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert results == {"a": [1, 6, 8], "b": [2, 4, 9], "c": [3, 5, 7]}
 
 
 class SleepFor(nn.Module):

@@ -4,8 +4,9 @@ Protocol: the same random batch for every engine, the same number of threads for
 (`torch.set_num_threads` and onnxruntime's intra-op pool, inter-op 1), onnxruntime's idle
 workers not spinning (they would steal cores from PyTorch between interleaved steps);
 `warmup` untimed steps per engine, then `rounds` rounds in which every engine runs one step,
-the order reversed every other round, timed with `time.perf_counter`. Each engine's result is
-the median images/s of its steps, with its spread (IQR / median, as in `litv2cli.measure`).
+in an order that rotates from round to round (`litv2cli.measure.interleaved`), timed with
+`time.perf_counter`. Each engine's result is the median images/s of its steps, with its
+spread (IQR / median, as in `litv2cli.measure`).
 Interleaving makes a load change on a shared machine hit every engine alike, so the ratio is
 the number to trust, not the absolute speeds. It is the median of the per-round ratios (each
 engine's step against the other's in the same round, moments apart), with their quartiles:
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 
 from litv2cli.export.onnx import INPUT_NAME, open_session
-from litv2cli.measure import relative_spread
+from litv2cli.measure import interleaved, relative_spread
 
 
 @dataclass(frozen=True)
@@ -84,19 +85,19 @@ class SideBySide:
 
 def time_interleaved(steps: dict[str, Callable[[], object]], *, batch_size: int, warmup: int = 3,
                      rounds: int = 10) -> dict[str, EngineTiming]:
-    """Run every step `warmup` times, then `rounds` rounds of one step each, alternating the order."""
+    """Run every step `warmup` times, then `rounds` rounds of one step each, the order rotating."""
     if warmup < 0 or rounds < 1:
         raise ValueError("warmup must be >= 0 and rounds >= 1")
     for step in steps.values():
         for _ in range(warmup):
             step()
-    samples: dict[str, list[float]] = {name: [] for name in steps}
-    names = list(steps)
-    for round_index in range(rounds):
-        for name in names if round_index % 2 == 0 else reversed(names):
-            begin = time.perf_counter()
-            steps[name]()
-            samples[name].append(batch_size / (time.perf_counter() - begin))
+
+    def images_per_s(step: Callable[[], object]) -> float:
+        begin = time.perf_counter()
+        step()
+        return batch_size / (time.perf_counter() - begin)
+
+    samples = interleaved({name: lambda step=step: images_per_s(step) for name, step in steps.items()}, rounds)
     return {name: EngineTiming(statistics.median(values), relative_spread(values), tuple(values))
             for name, values in samples.items()}
 
