@@ -12,7 +12,8 @@ same command continues the study, and several processes on one study split the p
   (120 s; counted from its start if it never beat) belongs to a dead worker: any worker marks it
   failed and its point is evaluated again. Optuna's own heartbeats exist for RDB storages only
   and begin after the trial is created, so a worker killed in between would leave a trial
-  RUNNING forever.
+  RUNNING forever. A heartbeat is the writer's `time.time()`, compared with the reader's:
+  hosts' clocks must agree to well within grace period minus interval (90 s), as NTP keeps them.
 - Every trial suggests one categorical parameter, `point`, whose values are the labels of the
   space's distinct points (`a0.9-w2.1`); alpha, windows and heads are stored as user attributes.
 - Duplicate guard: `GridSampler` can give the same point to two workers. Before evaluating, a
