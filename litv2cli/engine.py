@@ -207,7 +207,8 @@ def train(spec: RunSpec, *, on_eval: EvalCallback | None = None,
     stop = StopRequest()
     stop.install()
     progress = TrainProgress(enabled=spec.progress and accelerator.is_main_process,
-                             total_steps=min(total_steps, spec.max_steps or total_steps), start=state.step)
+                             total_steps=min(total_steps, spec.max_steps or total_steps), start=state.step,
+                             epochs=recipe.epochs, completed_epochs=state.epoch)
     items = None if spec.streaming else SeededItems(train_set, seed=recipe.seed)
     last_eval: dict[str, Any] = {}
     device = accelerator.device
@@ -247,7 +248,7 @@ def train(spec: RunSpec, *, on_eval: EvalCallback | None = None,
                         optimizer.zero_grad(set_to_none=True)
                         if spec.deepspeed or state.nonfinite_skipped > spec.skip_nonfinite:
                             raise NonFiniteLoss(
-                                f"non-finite loss at step {state.step} (epoch {state.epoch}); the last good checkpoint "
+                                f"non-finite loss at step {state.step} (epoch {state.epoch + 1}); the last good checkpoint "
                                 f"is kept in {checkpointing.checkpoint_dir(run_dir)}")
                         log.warning("non-finite loss at step %d skipped (%d so far)", state.step, state.nonfinite_skipped)
                     else:
