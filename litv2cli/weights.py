@@ -105,7 +105,8 @@ def check_deepspeed_shards(path: Path, tag: str | None) -> None:
     """
     import importlib
     import pickle
-    import re
+
+    from litv2cli.models.checkpoint import weights_only_refusal
 
     if tag is None:
         try:
@@ -118,9 +119,7 @@ def check_deepspeed_shards(path: Path, tag: str | None) -> None:
             with torch.serialization.safe_globals(allowed):
                 torch.load(shard, map_location="cpu", weights_only=True, mmap=True)
         except pickle.UnpicklingError as exc:
-            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-            reason = f"it pickles {found.group(1)}" if found else "it holds pickled objects other than tensors"
-            raise UserError(f"{shard} refused: {reason}, which could run code when loaded") from None
+            raise UserError(f"{shard} {weights_only_refusal(exc)}") from None
         except (RuntimeError, OSError, EOFError, ValueError) as exc:
             raise UserError(f"{shard}: not a readable DeepSpeed shard ({exc.__class__.__name__})") from None
 

@@ -95,7 +95,8 @@ def test_pickled_callable_is_refused_and_never_runs(tmp_path):
     torch.save({"model": {"w": torch.zeros(1)}, "extra": Payload()}, path)
     with pytest.raises(UserError, match="evil.pth") as error:
         load_checkpoint_state_dict(path)
-    assert "refused" in str(error.value) and "\n" not in str(error.value)
+    assert "refused: it pickles" in str(error.value) and "system" in str(error.value)
+    assert "could run code" in str(error.value) and "\n" not in str(error.value)
     assert not marker.exists()
 
 
@@ -106,6 +107,7 @@ def test_unreadable_file_is_a_one_line_user_error_naming_it(tmp_path, content):
     with pytest.raises(UserError, match="broken.pth") as error:
         load_checkpoint_state_dict(path)
     assert "\n" not in str(error.value)
+    assert "could run code" not in str(error.value)  # bytes that are no pickle are not called dangerous
 
 
 def test_missing_file_is_a_user_error(tmp_path):

@@ -9,6 +9,7 @@ only rebuilds tensors and plain containers. Official LITv2 checkpoints also pick
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -54,13 +55,23 @@ def load_checkpoint_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state_dict
 
 
+def weights_only_refusal(exc: pickle.UnpicklingError) -> str:
+    """Why torch's weights-only loader stopped, to follow a file's name: a pickled callable or
+    class (which could run code), or bytes that are no checkpoint at all (a text file, a pickle
+    written by plain `pickle.dump`). torch's own message says neither in its first line."""
+    text = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"refused: it pickles {found.group(1)}, which could run code when loaded"
+    detail = text.partition("WeightsUnpickler error:")[2].strip() or text.strip() or type(exc).__name__
+    return f"is not a readable PyTorch checkpoint (weights-only loader: {detail.splitlines()[0]})"
+
+
 def _read_pth(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"checkpoint {path} refused: it holds pickled objects other than tensors and plain "
-                        f"data, which could run code ({reason})") from None
+        raise UserError(f"checkpoint {path} {weights_only_refusal(exc)}") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, KeyError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"checkpoint {path} is not a readable PyTorch checkpoint ({reason})") from None
