@@ -21,12 +21,12 @@ from accelerate import Accelerator
 from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs, set_seed
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import DataLoader
 
 from litv2cli import checkpointing, dsconfig
 from litv2cli.checkpointing import TrainState
 from litv2cli.config import Recipe
 from litv2cli.data import build_eval_transform, build_train_transform, collate_skip_corrupt, open_split
+from litv2cli.data.loading import StopSafeLoader
 from litv2cli.evaluate import evaluate
 from litv2cli.launch import pin_deepspeed_to_cpu_without_cuda
 from litv2cli.losses import build_loss
@@ -324,7 +324,7 @@ def epoch_loader(train_set, items, sampler, recipe: Recipe, spec: RunSpec, state
     if sampler is not None:
         sampler.set_epoch(state.epoch, start_at=state.position)
         items.set_epoch(state.epoch)
-        return DataLoader(items, sampler=sampler, **options)
+        return StopSafeLoader(items, sampler=sampler, **options)
     return _endless_stream(train_set, recipe, spec, state, world, rank, options)
 
 
@@ -337,7 +337,7 @@ def _endless_stream(train_set, recipe: Recipe, spec: RunSpec, state: TrainState,
         part = train_set.for_rank(rank, world, seed=recipe.seed, epoch=state.epoch + lap * 1_000_000, skip=skip,
                                   batch_size=recipe.batch_size)
         delivered = False
-        for batch in DataLoader(part, **options):
+        for batch in StopSafeLoader(part, **options):
             delivered = True
             yield batch
         if not delivered and skip == 0:

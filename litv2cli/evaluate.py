@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+from torch.utils.data import Dataset, IterableDataset, Subset
 
-from litv2cli.data.loading import collate_skip_corrupt
+from litv2cli.data.loading import StopSafeLoader, collate_skip_corrupt
 from litv2cli.sampler import shard_indices
 
 
@@ -30,7 +30,7 @@ def rank_part(dataset: Dataset, world: int, rank: int) -> Dataset:
 def evaluate(accelerator: Accelerator, model: nn.Module, dataset: Dataset, *, batch_size: int, workers: int,
              criterion: nn.Module | None = None, channels_last: bool = False) -> dict[str, Any]:
     """Returns top1/top5 (percent), mean loss, images counted and unreadable images skipped."""
-    loader = DataLoader(rank_part(dataset, accelerator.num_processes, accelerator.process_index),
+    loader = StopSafeLoader(rank_part(dataset, accelerator.num_processes, accelerator.process_index),
                         batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_corrupt, shuffle=False,
                         # Its own generator: evaluating must not advance the training RNG streams.
                         generator=torch.Generator().manual_seed(0))

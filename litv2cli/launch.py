@@ -107,10 +107,15 @@ def launcher_command(launch: LaunchPlan, run_json: Path) -> list[str]:
 
 
 def run_launched(launch: LaunchPlan, run_json: Path) -> int:
-    """Start the launcher and wait; SIGTERM/SIGINT are passed to the workers, which save and exit."""
+    """Start the launcher and wait; SIGTERM/SIGINT are passed to the workers, which save and exit.
+
+    The launcher runs in its own session, so that a signal sent to this command's whole process
+    group (Ctrl-C in a terminal, `timeout`, `kill -- -PGID`) reaches the workers only through
+    `forward`: torchrun's agent, had it received the signal too, would print a traceback and kill
+    the workers on its own fixed timeout, however far their save had got."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max((os.cpu_count() or 1) // launch.processes, 1)))
-    process = subprocess.Popen(launcher_command(launch, run_json), env=env)
+    process = subprocess.Popen(launcher_command(launch, run_json), env=env, start_new_session=True)
 
     def forward(signum: int, frame: object) -> None:
         for worker in _workers_of(process.pid):

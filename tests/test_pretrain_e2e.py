@@ -124,6 +124,32 @@ def test_resume_after_sigterm_mid_epoch_gives_identical_weights(image_folder, ti
     assert worst <= 1e-6, worst
 
 
+@pytest.mark.parametrize("gpus, workers", [("1", "2"), ("2", "1")], ids=["one-process", "launched"])
+def test_a_sigterm_to_the_whole_process_group_still_saves_at_the_step_and_exits_cleanly(
+        image_folder, tiny_recipe, tmp_path, gpus, workers):
+    # What `timeout`, `kill -- -PGID` and a terminal's Ctrl-C do: every process of the group gets
+    # the signal, DataLoader workers and the launcher included, not only the trainer.
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "litv2cli.cli.main", "pretrain", "--recipe", str(tiny_recipe), "--data",
+         str(image_folder), "--epochs", "200", "--batch-size", "2", "--gpus", gpus, "--workers", workers,
+         "--no-progress", "--log-with", "none", "--output", str(run)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and any(r.get("step", 0) >= 2 for r in read_metrics(metrics)):
+            break
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr and "stopped by signal" in stdout + stderr, stderr[-3000:]
+    stopped = [r for r in read_metrics(metrics) if r.get("event") == "stopped"]
+    assert stopped and (run / "checkpoints" / f"step-{stopped[0]['step']:08d}").is_dir()
+
+
 def test_existing_run_is_not_overwritten_without_resume(image_folder, tmp_path):
     out = tmp_path / "run"
     assert litv2("pretrain", *TINY, "--data", str(image_folder), "--max-steps", "1", "--output", str(out)).returncode == 0

@@ -1,11 +1,13 @@
-"""Batching that drops undecodable images and counts them."""
+"""Batching that drops undecodable images and counts them, and loader workers that leave the
+signals that stop a run to the trainer."""
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import torch
-from torch.utils.data import default_collate
+from torch.utils.data import DataLoader, default_collate
 
 
 def collate_skip_corrupt(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -22,3 +24,39 @@ def collate_skip_corrupt(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, 
         return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
     images, labels = default_collate(valid)
     return images, labels, skipped
+
+
+
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+class StopSafeLoader(DataLoader):
+    """A DataLoader whose worker processes leave SIGTERM and SIGINT to the trainer.
+
+    Pre-emption reaches every process of a job (`timeout`, `kill -- -PGID`, Ctrl-C in a
+    terminal, the launcher passing the signal on), loader workers included. PyTorch's workers
+    die of a SIGTERM that does not come from their parent, and the trainer's next batch then
+    raised "DataLoader worker ... killed by signal": a traceback instead of the save at the step
+    boundary that the trainer's own handler was about to make. So each worker ignores both
+    signals; they are blocked while the workers start, so none arrives before that. The trainer
+    shuts its workers down when it stops, and a worker whose trainer is gone exits by itself
+    (PyTorch's watchdog).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, worker_init_fn=_ignore_stop_signals, **kwargs)
+
+    def __iter__(self):  # type: ignore[override]
+        if self.num_workers == 0:
+            return super().__iter__()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # inherited by the workers
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a signal held meanwhile arrives now
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
