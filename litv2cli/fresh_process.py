@@ -54,7 +54,8 @@ def call_in_fresh_process(function: Callable[..., Any], *args: Any, what: str, t
                           **kwargs: Any) -> Any:
     """`function(*args, **kwargs)` run in a fresh process, and its result; `function` must be
     importable by name. Raises RuntimeError with the child's error in one line ("no output" when
-    it died without one, e.g. killed for memory) and subprocess.TimeoutExpired after `timeout` s.
+    it died without one, e.g. killed for memory) and subprocess.TimeoutExpired after `timeout` s;
+    the child is killed on a timeout and when the caller is interrupted.
 
     The process is forked from a server that was started once, with `timing_environment()`, and
     has only imported torch and our models: every call starts from that same state, without
@@ -71,12 +72,14 @@ def call_in_fresh_process(function: Callable[..., Any], *args: Any, what: str, t
     sender.close()
     try:
         if not receiver.poll(timeout):
-            child.kill()
             raise subprocess.TimeoutExpired(what, timeout or 0.0)
         try:
             ok, payload = receiver.recv()
         except EOFError:
             ok, payload = False, "no output"
+    except BaseException:  # timed out or interrupted (Ctrl-C, SIGTERM): its work is not wanted any more
+        child.kill()
+        raise
     finally:
         receiver.close()
         child.join()

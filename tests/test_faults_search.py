@@ -159,6 +159,33 @@ def test_a_worker_killed_mid_trial_leaves_a_study_that_a_rerun_completes_once_pe
     assert sorted(row["label"] for row in summary["points"] if row["status"] == "ok") == POINTS
 
 
+def test_a_sigterm_stops_the_search_as_ctrl_c_does_and_the_rerun_does_not_wait_for_the_grace_period(
+        tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    flags, url = storage_args("sqlite", out)
+    command = [*SEARCH, *flags, "--output", str(out)]
+    process = subprocess.Popen([sys.executable, "-m", "litv2cli.cli.main", *command], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None and evaluating("sqlite", url) is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # a scheduler's pre-emption: to the search alone
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "interrupted: the study is kept" in stdout and "Traceback" not in stderr
+    states = [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials(url)]
+    assert any(state == "FAIL" for _, state, _ in states), states  # the trial it was measuring
+    assert all(reason == "interrupted" for _, state, reason in states if state == "FAIL"), states
+    assert not any(state == "RUNNING" for _, state, _ in states), states
+
+    with time_limit(100):  # less than the heartbeat's grace period: the point is pending at once
+        assert main(command) == 0, capsys.readouterr().err
+    complete = [t for t in trials(url) if t.state == TrialState.COMPLETE and DUPLICATE_OF not in t.user_attrs]
+    assert sorted(t.params["point"] for t in complete) == POINTS
+
+
 def test_a_trial_killed_before_its_first_heartbeat_is_evaluated_again(tmp_path):
     url = f"sqlite:///{tmp_path / 'search.db'}"
     space = SearchSpace(variant="t", num_heads=(1, 2, 4, 8), alphas=(0.0, 1.0), windows=(2,), per_stage_window=False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import subprocess
 import time
 
@@ -51,3 +52,20 @@ def test_a_child_that_dies_without_a_word_is_reported_as_no_output():
 def test_a_child_past_its_timeout_is_killed_and_reported():
     with pytest.raises(subprocess.TimeoutExpired):
         call_in_fresh_process(time.sleep, 30, what="sleep", timeout=0.5)
+
+
+def test_an_interrupted_call_kills_its_child_at_once():
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 1.0)  # Ctrl-C, or the search's SIGTERM, while the child works
+    begin = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            call_in_fresh_process(time.sleep, 60, what="sleep")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - begin < 30  # not the child's 60 s: it was killed, not waited for
+

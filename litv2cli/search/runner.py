@@ -20,10 +20,12 @@ The front is then computed over the requested objectives from both studies' resu
 from __future__ import annotations
 
 import io
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
-from contextlib import redirect_stdout
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -114,7 +116,7 @@ class VariantResult:
 
 
 def run_search(config: SearchConfig, *, say: Callable[[str], None] = print) -> list[VariantResult]:
-    """Search every variant of `config`; Ctrl-C leaves every study resumable."""
+    """Search every variant of `config`; Ctrl-C or SIGTERM leaves every study resumable."""
     from litv2cli.models import VARIANTS
 
     for variant in config.variants:
@@ -142,12 +144,32 @@ def run_search(config: SearchConfig, *, say: Callable[[str], None] = print) -> l
     storage = open_storage(storage_url)
     results = []
     try:
-        for variant in config.variants:
-            results.append(search_variant(config, spaces[variant], storage, storage_url, proxy_settings, say))
+        with sigterm_as_interrupt():
+            for variant in config.variants:
+                results.append(search_variant(config, spaces[variant], storage, storage_url, proxy_settings, say))
     except KeyboardInterrupt:
         say(f"interrupted: the study is kept in {redact(storage_url)}; run the same command again to continue it")
         raise
     return results
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's pre-emption, `kill`) stops the search as Ctrl-C does: the running
+    trial is failed as interrupted and evaluated first by the next run. Otherwise the process
+    would die at once, its trial left RUNNING until the heartbeat's 120 s grace period ran out."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def search_variant(config: SearchConfig, space: SearchSpace, storage: optuna.storages.BaseStorage, storage_url: str,

@@ -351,22 +351,26 @@ def _objective(study: optuna.Study, by_label: dict[str, Point], choices: list[st
                retry_before: datetime | None, attempted: set[str], started_trial: list[int]):
     def objective(trial: optuna.Trial):
         started_trial.append(trial.number)
-        label = trial.suggest_categorical(PARAM, choices)
-        attempted.add(label)
-        if label not in by_label:  # a sampler that proposes outside this run's subset
-            trial.set_user_attr(DUPLICATE_OF, -1)
-            raise optuna.TrialPruned(f"{label} is not among the points of this run")
-        owner = _other_owner(study, label, trial.number, retry_before)
-        if owner is not None:
-            trial.set_user_attr(DUPLICATE_OF, owner)
-            raise optuna.TrialPruned(f"{label} is already taken by trial {owner}")
-        with Heartbeat(trial):
-            return _evaluate(trial, by_label[label], evaluate)
+        try:
+            label = trial.suggest_categorical(PARAM, choices)
+            attempted.add(label)
+            if label not in by_label:  # a sampler that proposes outside this run's subset
+                trial.set_user_attr(DUPLICATE_OF, -1)
+                raise optuna.TrialPruned(f"{label} is not among the points of this run")
+            owner = _other_owner(study, label, trial.number, retry_before)
+            if owner is not None:
+                trial.set_user_attr(DUPLICATE_OF, owner)
+                raise optuna.TrialPruned(f"{label} is already taken by trial {owner}")
+            with Heartbeat(trial):
+                return _evaluate(trial, by_label[label], evaluate)
+        except KeyboardInterrupt:  # wherever it lands in the trial, Ctrl-C / SIGTERM marks it to be redone
+            trial.set_user_attr(FAIL_REASON, INTERRUPTED)
+            raise
     return objective
 
 
 def _evaluate(trial: optuna.Trial, point: Point, evaluate: Evaluate) -> Sequence[float] | float:
-    """Evaluate one point; a failure's reason goes into the trial, Ctrl-C marks it to be redone."""
+    """Evaluate one point; a failure's reason goes into the trial (Ctrl-C: see `_objective`)."""
     trial.set_user_attr("alpha", point.alpha)
     trial.set_user_attr("alphas", list(point.alphas))
     trial.set_user_attr("window", list(point.window))
@@ -377,9 +381,6 @@ def _evaluate(trial: optuna.Trial, point: Point, evaluate: Evaluate) -> Sequence
         if not all(math.isfinite(v) for v in flat):
             raise FloatingPointError(f"non-finite objective values {flat}")
     except optuna.TrialPruned:
-        raise
-    except KeyboardInterrupt:
-        trial.set_user_attr(FAIL_REASON, INTERRUPTED)
         raise
     except Exception as exc:
         trial.set_user_attr(FAIL_REASON, _one_line(exc))
