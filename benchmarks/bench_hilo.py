@@ -60,8 +60,8 @@ from collections.abc import Callable  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from litv2cli.models import HiLo, HiLoReference, create_model  # noqa: E402
 from litv2cli.measure import interleaved  # noqa: E402
+from litv2cli.models import HiLo, HiLoReference, create_model  # noqa: E402
 from litv2cli.models.dtm import DeformConv2d  # noqa: E402
 
 Step = Callable[[], None]

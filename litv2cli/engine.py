@@ -248,8 +248,8 @@ def train(spec: RunSpec, *, on_eval: EvalCallback | None = None,
                         optimizer.zero_grad(set_to_none=True)
                         if spec.deepspeed or state.nonfinite_skipped > spec.skip_nonfinite:
                             raise NonFiniteLoss(
-                                f"non-finite loss at step {state.step} (epoch {state.epoch + 1}); the last good checkpoint "
-                                f"is kept in {checkpointing.checkpoint_dir(run_dir)}")
+                                f"non-finite loss at step {state.step} (epoch {state.epoch + 1}); "
+                                f"the last good checkpoint is kept in {checkpointing.checkpoint_dir(run_dir)}")
                         log.warning("non-finite loss at step %d skipped (%d so far)", state.step, state.nonfinite_skipped)
                     else:
                         accelerator.backward(loss)

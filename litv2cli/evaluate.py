@@ -31,9 +31,9 @@ def evaluate(accelerator: Accelerator, model: nn.Module, dataset: Dataset, *, ba
              criterion: nn.Module | None = None, channels_last: bool = False) -> dict[str, Any]:
     """Returns top1/top5 (percent), mean loss, images counted and unreadable images skipped."""
     loader = StopSafeLoader(rank_part(dataset, accelerator.num_processes, accelerator.process_index),
-                        batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_corrupt, shuffle=False,
-                        # Its own generator: evaluating must not advance the training RNG streams.
-                        generator=torch.Generator().manual_seed(0))
+                            batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_corrupt, shuffle=False,
+                            # Its own generator: evaluating must not advance the training RNG streams.
+                            generator=torch.Generator().manual_seed(0))
     was_training = model.training
     model.eval()
     device = accelerator.device

@@ -204,7 +204,7 @@ def measure_throughput_interleaved(models: dict[str, nn.Module], batch_size: int
 def interleaved(steps: dict[str, Callable[[], T]], cycles: int) -> dict[str, list[T]]:
     """What every step returned, over `cycles` cycles. A cycle calls each step once, in an order
     that rotates from cycle to cycle, so that the drift of a shared machine hits all alike and
-    no step always runs right after the same other one."""
+    no step always runs first or last."""
     names = list(steps)
     results: dict[str, list[T]] = {name: [] for name in names}
     for cycle in range(cycles):

@@ -68,4 +68,3 @@ def test_an_interrupted_call_kills_its_child_at_once():
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert time.monotonic() - begin < 30  # not the child's 60 s: it was killed, not waited for
-

@@ -16,6 +16,9 @@ from litv2cli.data.loading import StopSafeLoader
 class SignalsItself(Dataset):
     """Each item sends SIGTERM and SIGINT to the process that loads it, as a job-wide signal would."""
 
+    def __init__(self) -> None:
+        self.parent = os.getpid()
+
     def __len__(self) -> int:
         return 4
 
@@ -24,9 +27,6 @@ class SignalsItself(Dataset):
             os.kill(os.getpid(), signal.SIGTERM)
             os.kill(os.getpid(), signal.SIGINT)
         return torch.tensor(index)
-
-    def __init__(self) -> None:
-        self.parent = os.getpid()
 
 
 def test_a_worker_of_our_loader_keeps_loading_through_stop_signals():

@@ -91,6 +91,22 @@ def _final_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model.safetensors"))
 
 
+def start_training(*args: str, own_group: bool = False) -> subprocess.Popen:
+    """`litv2 ARGS` in a child process, returned once its metrics show step 2 (training under way,
+    mid-epoch) or it has ended; `own_group` puts it in a process group of its own."""
+    output = Path(args[args.index("--output") + 1])
+    process = subprocess.Popen([sys.executable, "-m", "litv2cli.cli.main", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               start_new_session=own_group)
+    metrics = output / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and any(r.get("step", 0) >= 2 for r in read_metrics(metrics)):
+            break
+        time.sleep(0.2)
+    return process
+
+
 def test_resume_after_sigterm_mid_epoch_gives_identical_weights(image_folder, tiny_recipe, tmp_path):
     common = ["pretrain", "--recipe", str(tiny_recipe), "--data", str(image_folder), "--gpus", "2",
               "--batch-size", "2", "--workers", "0", "--no-progress", "--log-with", "none", "--seed", "3"]
@@ -99,15 +115,8 @@ def test_resume_after_sigterm_mid_epoch_gives_identical_weights(image_folder, ti
     assert done.returncode == 0, done.stderr[-3000:]
 
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen([sys.executable, "-m", "litv2cli.cli.main", *common, "--output", str(interrupted)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    process = start_training(*common, "--output", str(interrupted))
     metrics = interrupted / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline:  # wait until training is under way, then pre-empt it mid-epoch
-        if metrics.exists() and any(r.get("step", 0) >= 2 for r in read_metrics(metrics)):
-            break
-        time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr[-3000:]
@@ -130,18 +139,10 @@ def test_a_sigterm_to_the_whole_process_group_still_saves_at_the_step_and_exits_
     # What `timeout`, `kill -- -PGID` and a terminal's Ctrl-C do: every process of the group gets
     # the signal, DataLoader workers and the launcher included, not only the trainer.
     run = tmp_path / "run"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "litv2cli.cli.main", "pretrain", "--recipe", str(tiny_recipe), "--data",
-         str(image_folder), "--epochs", "200", "--batch-size", "2", "--gpus", gpus, "--workers", workers,
-         "--no-progress", "--log-with", "none", "--output", str(run)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-        start_new_session=True)
+    process = start_training("pretrain", "--recipe", str(tiny_recipe), "--data", str(image_folder), "--epochs", "200",
+                             "--batch-size", "2", "--gpus", gpus, "--workers", workers, "--no-progress", "--log-with",
+                             "none", "--output", str(run), own_group=True)
     metrics = run / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        if metrics.exists() and any(r.get("step", 0) >= 2 for r in read_metrics(metrics)):
-            break
-        time.sleep(0.2)
     os.killpg(process.pid, signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr[-3000:]

@@ -26,7 +26,6 @@ def collate_skip_corrupt(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, 
     return images, labels, skipped
 
 
-
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
