@@ -17,6 +17,10 @@ spinning worker holds the core the main thread needs (a 5 ms step of LITv2-T too
 over 800 ms on 2 busy cores). The policy is read once, when torch loads the OpenMP runtime, so
 only a new process can change it; the server keeps the environment and thread count this
 process had when it first needed one.
+
+A child lives no longer than its call: the caller kills it when it stops waiting (timeout,
+Ctrl-C, SIGTERM turned into an interrupt), and the child ends by itself when the caller dies
+without a chance to (`_exit_with_caller`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ import multiprocessing
 import multiprocessing.connection
 import multiprocessing.forkserver
 import os
+import signal
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,12 +48,14 @@ def omp_wait_policy() -> str:
 
 def timing_environment() -> dict[str, str]:
     """The environment the timing processes get: this process's, with its thread count, this
-    package importable (with the model's classes) even when it is not installed, and passive
-    OpenMP waiting unless a policy is set."""
+    package importable (with the model's classes) even when it is not installed, passive
+    OpenMP waiting unless a policy is set, and (Python 3.11+) the working directory kept off the
+    module path: the server runs as `python -c`, so a `random.py` there would shadow the
+    standard library's."""
     package_root = str(Path(__file__).resolve().parent.parent)
     python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": python_path,
-            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), "PYTHONSAFEPATH": "1"}
 
 
 def call_in_fresh_process(function: Callable[..., Any], *args: Any, what: str, timeout: float | None = None,
@@ -66,23 +74,32 @@ def call_in_fresh_process(function: Callable[..., Any], *args: Any, what: str, t
     call = io.BytesIO()
     torch.save((function, args, kwargs), call)
     server = _server()
+    # The call travels through its own pipe once the child runs, not as the Process's
+    # arguments: an interrupt while a large model is on its way then reaches a child that
+    # already reports quietly, instead of one unpickling a truncated start-up message.
+    inbox, outbox = server.Pipe(duplex=False)
     receiver, sender = server.Pipe(duplex=False)
-    child = server.Process(target=_child, args=(call.getvalue(), sender), daemon=True)
-    child.start()
-    sender.close()
+    child = server.Process(target=_child, args=(inbox, sender), daemon=True)
     try:
-        if not receiver.poll(timeout):
-            raise subprocess.TimeoutExpired(what, timeout or 0.0)
+        child.start()
+        inbox.close()
+        sender.close()
         try:
+            outbox.send_bytes(call.getbuffer())
+            if not receiver.poll(timeout):
+                raise subprocess.TimeoutExpired(what, timeout or 0.0)
             ok, payload = receiver.recv()
-        except EOFError:
+        except (BrokenPipeError, EOFError):  # it died without answering (killed for memory, ...)
             ok, payload = False, "no output"
     except BaseException:  # timed out or interrupted (Ctrl-C, SIGTERM): its work is not wanted any more
-        child.kill()
+        if child.pid is not None:
+            child.kill()
         raise
     finally:
-        receiver.close()
-        child.join()
+        for end in (inbox, sender, outbox, receiver):
+            end.close()  # closing `outbox` also tells a child still running that we are gone
+        if child.pid is not None:
+            child.join()
     if not ok:
         raise RuntimeError(f"{what} child process failed: {payload}")
     return torch.load(io.BytesIO(payload), weights_only=False)  # our own child's answer
@@ -100,21 +117,32 @@ def _server() -> multiprocessing.context.ForkServerContext:
         saved = dict(os.environ)
         environment = timing_environment()
         os.environ.update(environment)  # the server inherits this process's environment
+        # Started with Ctrl-C ignored, which it and its children inherit: a terminal's Ctrl-C
+        # reaches the whole process group, and would otherwise print the traceback of a server
+        # still importing torch. The caller stops the children it no longer wants.
+        interrupt = signal.getsignal(signal.SIGINT)
+        ignoring = interrupt is not None and threading.current_thread() is threading.main_thread()
+        if ignoring:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             multiprocessing.forkserver.ensure_running()
         finally:
+            if ignoring:
+                signal.signal(signal.SIGINT, interrupt)
             os.environ.clear()
             os.environ.update(saved)
         _server_policy = environment["OMP_WAIT_POLICY"]
     return context
 
 
-def _child(call: bytes, sender: multiprocessing.connection.Connection) -> None:
+def _child(inbox: multiprocessing.connection.Connection, sender: multiprocessing.connection.Connection) -> None:
     """Runs in the forked process: sends (True, result bytes) or (False, the error in one line)."""
     quiet = os.open(os.devnull, os.O_WRONLY)
     os.dup2(quiet, 1)  # what the function prints is not ours to show (nor its warnings)
     os.dup2(quiet, 2)
     try:
+        call = inbox.recv_bytes()
+        threading.Thread(target=_exit_with_caller, args=(inbox,), daemon=True).start()
         function, args, kwargs = torch.load(io.BytesIO(call), weights_only=False)  # written by our parent
         result = io.BytesIO()
         torch.save(function(*args, **kwargs), result)
@@ -123,3 +151,15 @@ def _child(call: bytes, sender: multiprocessing.connection.Connection) -> None:
         sender.send((False, f"{type(exc).__name__}: {exc}".splitlines()[0]))
     finally:
         sender.close()
+
+
+def _exit_with_caller(inbox: multiprocessing.connection.Connection) -> None:
+    """End this process as soon as the caller closes its end of the call pipe: it does so once it
+    has the answer, or by dying. The fork server's children outlive a caller killed by a signal
+    (SIGTERM from `timeout`, SIGKILL, the OOM killer), and one still measuring would load the
+    cores under the user's next measurement."""
+    try:
+        inbox.recv_bytes()
+    except (EOFError, OSError):
+        pass
+    os._exit(1)

@@ -138,3 +138,13 @@ def test_an_existing_run_is_refused_without_resume_and_left_byte_identical(left,
         assert err.startswith("litv2: error:") and len(err.strip().splitlines()) == 1
         assert "already holds a run" in err and "--resume" in err
         assert snapshot(run) == before
+
+
+def test_ctrl_c_inside_a_command_is_one_line_and_exit_130(monkeypatch, capsys):
+    """typer turns Ctrl-C into a silent Exit(130); the user still gets told why the command stopped."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("litv2cli.models.describe", interrupted)
+    assert main(["info", "--variant", "t"]) == 130
+    assert capsys.readouterr().err.strip() == "litv2: interrupted"

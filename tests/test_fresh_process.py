@@ -7,7 +7,9 @@ import copy
 import os
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,3 +70,87 @@ def test_an_interrupted_call_kills_its_child_at_once():
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert time.monotonic() - begin < 30  # not the child's 60 s: it was killed, not waited for
+
+
+CALLER = """
+import os, sys, time
+from pathlib import Path
+from litv2cli.fresh_process import call_in_fresh_process
+
+def work(path):
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    call_in_fresh_process(work, sys.argv[1], what="work")
+"""
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie waiting to be reaped has finished)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_a_module_in_the_working_directory_does_not_shadow_the_standard_library(tmp_path):
+    """The server starts as `python -c`, which would put the working directory first on its path."""
+    script, work = tmp_path / "script" / "caller.py", tmp_path / "work"
+    script.parent.mkdir()
+    work.mkdir()
+    script.write_text("import os\nfrom litv2cli.fresh_process import call_in_fresh_process\n"
+                      "if __name__ == '__main__':\n    print(call_in_fresh_process(os.getpid, what='pid') != os.getpid())\n")
+    (work / "random.py").write_text("raise ImportError('the user random.py was imported')\n")
+    done = subprocess.run([sys.executable, str(script)], cwd=work, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr[-2000:]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_a_child_stops_when_its_caller_is_killed(tmp_path):
+    """A caller killed by a signal (`timeout`, SIGKILL, the OOM killer) can kill nothing; its child
+    must not go on measuring on the cores under the next measurement."""
+    script, marker = tmp_path / "caller.py", tmp_path / "child.pid"
+    script.write_text(CALLER)
+    caller = subprocess.Popen([sys.executable, str(script), str(marker)])
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() or not marker.read_text():
+            assert time.monotonic() < deadline and caller.poll() is None, "the child never started"
+            time.sleep(0.1)
+        child = int(marker.read_text())
+        assert running(child)
+    finally:
+        caller.kill()
+        caller.wait()
+    deadline = time.monotonic() + 20
+    while running(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(child)
+
+
+INTERRUPTED_CALLER = """
+import sys, time
+from litv2cli.fresh_process import call_in_fresh_process
+
+if __name__ == "__main__":
+    print("ready", flush=True)
+    try:
+        call_in_fresh_process(time.sleep, 60, what="sleep")
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+"""
+
+
+def test_ctrl_c_while_the_server_starts_prints_no_traceback(tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group, the server too, while it imports torch."""
+    script = tmp_path / "caller.py"
+    script.write_text(INTERRUPTED_CALLER)
+    caller = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert caller.stdout.readline().strip() == "ready"
+    time.sleep(1.0)  # the server is importing torch (seconds)
+    os.killpg(caller.pid, signal.SIGINT)
+    out, err = caller.communicate(timeout=60)
+    assert "interrupted" in out and "Traceback" not in err, err[-2000:]

@@ -40,6 +40,9 @@ def _register_commands() -> None:
 _register_commands()
 
 
+INTERRUPTED = 130  # exit status of a command stopped by Ctrl-C (128 + SIGINT)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; user mistakes print `litv2: error: ...` and give 2."""
     command = typer.main.get_command(app)
@@ -57,9 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("litv2: interrupted", err=True)
-        return 130
+        return _interrupted()
+    if result == INTERRUPTED:  # recent typer catches Ctrl-C itself and returns this code, silently
+        return _interrupted()
     return result if isinstance(result, int) else 0
+
+
+def _interrupted() -> int:
+    click.echo("litv2: interrupted", err=True)
+    return INTERRUPTED
 
 
 def run() -> None:
