@@ -115,6 +115,29 @@ def test_interrupted_study_resumes_where_it_stopped(storage_url):
     assert by_state(new_study(storage_url), TrialState.COMPLETE) == sorted(LABELS)
 
 
+def test_an_interrupt_in_optunas_bookkeeping_still_leaves_no_trial_running(storage_url, monkeypatch):
+    """Ctrl-C can land after the objective returned, while Optuna records the trial's end."""
+    import optuna.study._optimize as optimize
+
+    tell, calls = optimize._tell_with_warning, []
+
+    def interrupted_third_tell(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return tell(*args, **kwargs)
+
+    monkeypatch.setattr(optimize, "_tell_with_warning", interrupted_third_tell)
+    study = new_study(storage_url)
+    with pytest.raises(KeyboardInterrupt):
+        run_points(study, POINTS, lambda trial, point: point.alpha)
+    states = [(t.state, t.user_attrs.get(FAIL_REASON)) for t in study.trials]
+    assert states[:2] == [(TrialState.COMPLETE, None)] * 2 and states[2] == (TrialState.FAIL, INTERRUPTED), states
+    monkeypatch.setattr(optimize, "_tell_with_warning", tell)
+    run_points(new_study(storage_url), POINTS, lambda trial, point: point.alpha)  # at once, no grace period
+    assert by_state(new_study(storage_url), TrialState.COMPLETE) == sorted(LABELS)
+
+
 class AlwaysProposes(optuna.samplers.BaseSampler):
     """A sampler that keeps proposing one point, as TPE or a racing grid worker can."""
 

@@ -259,8 +259,17 @@ def run_points(study: optuna.Study, points: Sequence[Point], evaluate: Evaluate,
         if not status.fresh or last_was_duplicate:
             study.enqueue_trial({PARAM: random.choice(status.pending)})
         started_trial: list[int] = []
-        study.optimize(_objective(study, by_label, choices, evaluate, retry_before, attempted, started_trial),
-                       n_trials=1, catch=(Exception,))
+        try:
+            study.optimize(_objective(study, by_label, choices, evaluate, retry_before, attempted, started_trial),
+                           n_trials=1, catch=(Exception,))
+        except BaseException as exc:
+            if not _interrupted(exc):
+                raise
+            if started_trial:
+                _fail_if_running(study, started_trial[0])
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            raise KeyboardInterrupt from exc  # what the CLI reports as an interrupt, not a traceback
         trial = _trial_by_number(study, started_trial[0]) if started_trial else None
         last_was_duplicate = trial is not None and DUPLICATE_OF in trial.user_attrs
         if trial is None:
@@ -279,6 +288,30 @@ def run_points(study: optuna.Study, points: Sequence[Point], evaluate: Evaluate,
         if on_trial is not None:
             on_trial(trial)
     return report
+
+
+def _interrupted(exc: BaseException | None) -> bool:
+    """Whether Ctrl-C / SIGTERM caused `exc`. Optuna 5 turns an interrupt inside its `tell` into
+    an UnboundLocalError raised while handling it."""
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__context__
+    return False
+
+
+def _fail_if_running(study: optuna.Study, number: int) -> None:
+    """Fail this worker's own trial as interrupted if Optuna did not get to record its end: an
+    interrupt that lands in Optuna's bookkeeping after the objective (its `tell`) would otherwise
+    leave it RUNNING, and the next run would wait out the heartbeat's grace period for it."""
+    trial = _trial_by_number(study, number)
+    if trial is None or trial.state != TrialState.RUNNING:
+        return
+    try:  # the private call fail_stale_trials makes too: no public API finishes a trial from outside
+        study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, INTERRUPTED)
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):  # Optuna finished it meanwhile
+        pass
 
 
 def fail_stale_trials(study: optuna.Study, grace_period: float = GRACE_PERIOD_S) -> list[int]:
