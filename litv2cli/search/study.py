@@ -305,13 +305,8 @@ def _fail_if_running(study: optuna.Study, number: int) -> None:
     interrupt that lands in Optuna's bookkeeping after the objective (its `tell`) would otherwise
     leave it RUNNING, and the next run would wait out the heartbeat's grace period for it."""
     trial = _trial_by_number(study, number)
-    if trial is None or trial.state != TrialState.RUNNING:
-        return
-    try:  # the private call fail_stale_trials makes too: no public API finishes a trial from outside
-        study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, INTERRUPTED)
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):  # Optuna finished it meanwhile
-        pass
+    if trial is not None and trial.state == TrialState.RUNNING:
+        _mark_failed(study, trial, INTERRUPTED)
 
 
 def fail_stale_trials(study: optuna.Study, grace_period: float = GRACE_PERIOD_S) -> list[int]:
@@ -325,13 +320,24 @@ def fail_stale_trials(study: optuna.Study, grace_period: float = GRACE_PERIOD_S)
             seen = trial.datetime_start.timestamp()
         if seen is None or now - float(seen) <= grace_period:
             continue
-        try:  # no public API fails another process's trial; Optuna's own stale check does the same
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):  # finished or failed meanwhile
+        if not _mark_failed(study, trial):
             continue
         failed.append(trial.number)
         log.warning("trial %d: no heartbeat for %.0f s, its worker is gone; marked failed", trial.number, now - seen)
     return failed
+
+
+def _mark_failed(study: optuna.Study, trial: FrozenTrial, reason: str | None = None) -> bool:
+    """Fail a RUNNING trial from outside its objective (with `reason` as its `fail_reason`);
+    False when it finished or failed meanwhile. No public API does this; Optuna's own stale-trial
+    check makes the same storage call."""
+    try:
+        if reason is not None:
+            study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, reason)
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+        return False
+    return True
 
 
 class Heartbeat:
