@@ -6,22 +6,28 @@
     python benchmarks/bench_hilo.py dtm --batch 8 --repeats 20
     python benchmarks/bench_hilo.py swin --batch 8 --repeats 20
     python benchmarks/bench_hilo.py band --repeats 10
+    python benchmarks/bench_hilo.py keys --repeats 15
 
 - `layer`: one HiLo layer of LITv2-S stage 3 (dim 384, 12 heads, window 2, alpha 0.9) on a
   14 x 14 map, fast `HiLo` against `HiLoReference` (the paper's equations, explicit
-  softmax(QK^T)V), same weights; and, for inference, the layer's five linear layers alone on
-  inputs of their shapes (the part neither implementation can avoid), the fast layer with
-  its output projections concatenated instead of sharing one buffer, and with --compile the
-  fast layer under torch.compile.
+  softmax(QK^T)V), same weights; and, for inference, the fast layer on
+  scaled_dot_product_attention instead of the compiled kernels (`litv2cli.models.native`),
+  the layer's five linear layers alone on inputs of their shapes (the part neither
+  implementation can avoid), the SDPA layer with its output projections concatenated instead
+  of sharing one buffer, and with --compile the fast layer under torch.compile (which takes
+  the SDPA path).
 - `model`: LITv2-S fast (`create_model("s")`) against its reference form
   (`create_model("s", reference=True)`: the paper-style HiLo and torchvision's deformable conv),
   same weights, with learned-looking offsets in the DTMs (random, about a pixel: the initial
-  ones are all zero). With --parts, also the fast model with only one of its fast paths (fast
-  HiLo with torchvision's deformable conv, and the reverse), so each path's share is measured
+  ones are all zero). With --parts, also the fast model with HiLo on SDPA instead of the
+  compiled kernels, and with only one of its fast paths (fast HiLo with torchvision's
+  deformable conv, and the reverse), so each path's share is measured
   in the same run; with --compile, the fast model under torch.compile.
 - `dtm`: each of LITv2-S's three DTMs (96 -> 192 channels at 56 x 56, 192 -> 384 at 28 x 28,
   384 -> 768 at 14 x 14) on its own, the gather form against torchvision's deformable conv.
 - `swin`: LITv2-S against timm's swin_tiny_patch4_window7_224, the paper's Table 1 pair.
+- `keys`: HiLo on the native kernels against SDPA as the Lo-Fi keys per image grow (LITv2-S
+  stages 3 and 4 on larger maps), which `native.MAX_KEYS` bounds.
 - `band`: the Hi-Fi branch alone (alpha 0, dim 384, 12 heads) on maps of growing width, masked
   bands against the window partition, which `uses_bands` in `litv2cli.models.hilo` chooses
   between.
@@ -61,7 +67,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from litv2cli.measure import interleaved  # noqa: E402
-from litv2cli.models import HiLo, HiLoReference, create_model  # noqa: E402
+from litv2cli.models import HiLo, HiLoReference, create_model, native  # noqa: E402
 from litv2cli.models.dtm import DeformConv2d  # noqa: E402
 
 Step = Callable[[], None]
@@ -116,7 +122,7 @@ def report(title: str, seconds: dict[str, dict[str, list[float]]], batch: int, b
         cpu = statistics.median(times["cpu"])
         result["models"][name] = {"images_per_s": batch / median, "median_ms": median * 1e3,
                                   "spread": (q3 - q1) / median, "cpu_ms": cpu * 1e3, "steps": len(times["wall"])}
-        print(f"  {name:>28}: {batch / median:8.2f} images/s  (median {median * 1e3:7.1f} ms, "
+        print(f"  {name:>34}: {batch / median:8.2f} images/s  (median {median * 1e3:7.1f} ms, "
               f"IQR/median {(q3 - q1) / median:4.0%}; CPU {cpu * 1e3:7.1f} ms)")
     base = seconds[baseline]
     for name, times in seconds.items():
@@ -147,7 +153,8 @@ def measure(steps: dict[str, Step], args: argparse.Namespace, title: str, baseli
 
 def machine() -> str:
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
-            f"torch threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, torch {torch.__version__}")
+            f"torch threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, torch {torch.__version__}, "
+            f"HiLo's native CPU kernels {native.status()}")
 
 
 class LinearLayersOnly(nn.Module):
@@ -182,15 +189,25 @@ def bench_layer(args: argparse.Namespace) -> list[dict]:
         inputs = tokens.clone().requires_grad_(mode == "train")
         steps = {"hilo_reference": make(reference, inputs, 14, 14), "hilo": make(fast, inputs, 14, 14)}
         if mode == "infer":
+            steps["hilo, SDPA"] = make(without_kernels(copy.deepcopy(fast)), inputs, 14, 14)
             steps["linear layers only"] = make(LinearLayersOnly(fast, tokens))
             concatenating = ConcatenatedOutputs(384, 12, window_size=2, alpha=0.9)
             concatenating.load_state_dict(fast.state_dict(), strict=True)
-            steps["hilo, outputs concatenated"] = make(concatenating, inputs, 14, 14)
+            steps["hilo, SDPA, outputs concatenated"] = make(without_kernels(concatenating), inputs, 14, 14)
             if args.compile:
                 steps["hilo compiled"] = make(torch.compile(copy.deepcopy(fast)), inputs, 14, 14)
         title = f"HiLo layer, dim 384, 12 heads, s=2, alpha 0.9, 14x14, batch {args.batch}, {mode}"
         results.append(measure(steps, args, title, "hilo_reference"))
     return results
+
+
+def without_kernels(model: nn.Module) -> nn.Module:
+    """`model` with every HiLo on scaled_dot_product_attention, not on the compiled kernels
+    (`litv2cli.models.native`): what the kernels bring, in the same run."""
+    for module in model.modules():
+        if isinstance(module, HiLo):
+            module.forward_native = lambda padded: None
+    return model
 
 
 class ConcatenatedOutputs(HiLo):
@@ -238,6 +255,7 @@ def bench_model(args: argparse.Namespace) -> list[dict]:
     for mode, make in step_kinds(args):
         models = {"litv2_s_reference": reference, "litv2_s": fast}
         if args.parts:
+            models["litv2_s, HiLo on SDPA"] = without_kernels(copy.deepcopy(fast))
             models["litv2_s, fast HiLo only"] = one_fast_path(fast, reference, "hilo")
             models["litv2_s, fast DTM only"] = one_fast_path(fast, reference, "dtm")
         if args.compile:
@@ -327,9 +345,35 @@ def bench_band(args: argparse.Namespace) -> list[dict]:
     return results
 
 
+def bench_keys(args: argparse.Namespace) -> list[dict]:
+    """The native kernels against SDPA as the Lo-Fi keys per image grow, past `native.MAX_KEYS`:
+    stage 3 (dim 384, 12 heads, s = 2, alpha 0.9) and stage 4 (dim 768, 24 heads, s = 1) of
+    LITv2-S on maps of growing side, inference."""
+    results = []
+    for dim, heads, window, side in ((384, 12, 2, 14), (384, 12, 2, 20), (384, 12, 2, 28), (384, 12, 2, 32),
+                                     (768, 24, 1, 7), (768, 24, 1, 10), (768, 24, 1, 14), (768, 24, 1, 16)):
+        torch.manual_seed(0)
+        layer = HiLo(dim, heads, window_size=window, alpha=0.9).eval()
+        sdpa = without_kernels(copy.deepcopy(layer))
+        batch = max(1, 16 * 14 * 14 // (side * side))  # about as many tokens as a 14 x 14 batch of 16
+        tokens = torch.randn(batch, side * side, dim)
+
+        def run(model: nn.Module) -> Step:
+            def step() -> None:
+                native.MAX_KEYS = 1 << 30  # the kernels at every size, read at every call
+                with torch.inference_mode():
+                    model(tokens, side, side)
+            return step
+
+        keys = (side // window) ** 2
+        title = f"dim {dim}, s={window}, {side}x{side} map, {keys} Lo-Fi keys per image, batch {batch}"
+        results.append(measure({"sdpa": run(sdpa), "native kernels": run(layer)}, args, title, "sdpa", batch=batch))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("layer", "model", "dtm", "swin", "band"))
+    parser.add_argument("what", choices=("layer", "model", "dtm", "swin", "band", "keys"))
     parser.add_argument("--batch", type=int, default=None, help="default 64 for layer, 8 otherwise")
     parser.add_argument("--res", type=int, default=224)
     parser.add_argument("--warmup", type=int, default=3)
@@ -347,7 +391,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"machine: {machine()}; warm-up {args.warmup}, {args.repeats} interleaved cycles")
     results = {"layer": bench_layer, "model": bench_model, "dtm": bench_dtm, "swin": bench_swin,
-               "band": bench_band}[args.what](args)
+               "band": bench_band, "keys": bench_keys}[args.what](args)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"machine": machine(), "args": vars(args), "results": results}, handle, indent=2)

@@ -1,6 +1,10 @@
-"""Test-wide settings: nothing reaches the network, and runs stay small on 2 cores."""
+"""Test-wide settings: nothing reaches the network, runs stay small on 2 cores, and HiLo's
+native kernels are built into a cache of the test session's own."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -8,6 +12,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "LITV2_CACHE_DIR" not in os.environ:
+    os.environ["LITV2_CACHE_DIR"] = tempfile.mkdtemp(prefix="litv2-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["LITV2_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_hilo.py"
 @pytest.mark.parametrize("args", [
     ["model", "--res", "64", "--batch", "1", "--parts", "--modes", "infer,train"],
     ["dtm", "--batch", "1"],
+    ["layer", "--batch", "2", "--modes", "infer,train"],
+    ["keys"],
 ])
 def test_bench_hilo_reports_a_finite_ratio_for_every_model(tmp_path, args):
     out = tmp_path / "result.json"

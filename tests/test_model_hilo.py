@@ -2,21 +2,39 @@
 
 import contextlib
 import itertools
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
 from torch import nn
 
-from litv2cli.models import ATTENTIONS, HiLo, HiLoReference
-from litv2cli.models.hilo import split_heads, uses_bands
+from litv2cli.models import ATTENTIONS, HiLo, HiLoReference, native
+from litv2cli.models.hilo import pad_to_window, split_heads, uses_bands
 
 # Multiples of the window and sizes that need padding; the last one is wide enough that every
 # window > 1 takes the window-partition path instead of masked bands (`uses_bands`).
 MAPS = [(8, 8), (7, 9), (5, 3), (14, 14), (3, 70)]
 WINDOWS = [1, 2, 3, 4]
 ALPHAS = [0.0, 0.3, 0.5, 0.9, 1.0]
-# With autograd the output projections are concatenated; without, they share one buffer.
-GRAD_MODES = {"autograd": contextlib.nullcontext, "inference": torch.inference_mode}
+
+
+@contextlib.contextmanager
+def inference_on_sdpa():
+    with mock.patch.dict(os.environ, {"LITV2_NATIVE": "0"}), torch.inference_mode():
+        yield
+
+
+# With autograd the output projections are concatenated; without, they share one buffer, and
+# inference runs on the compiled kernels (`native`) where a compiler exists, else on SDPA.
+GRAD_MODES = {"autograd": contextlib.nullcontext, "inference": torch.inference_mode,
+              "inference on SDPA": inference_on_sdpa}
+needs_compiler = pytest.mark.skipif(not (os.environ.get("CXX") or shutil.which("g++")),
+                                    reason="no C++ compiler for the native kernels")
 
 
 def fast_and_reference(window: int, alpha: float, qkv_bias: bool = True, dim: int = 96, heads: int = 6):
@@ -145,3 +163,88 @@ def test_registry_holds_interchangeable_attentions():
     keys = {name: set(cls(96, 6, 2, 0.5).state_dict()) for name, cls in ATTENTIONS.items()
             if name in ("hilo", "hilo_reference")}
     assert keys["hilo"] == keys["hilo_reference"]
+
+
+@needs_compiler
+@pytest.mark.parametrize(("window", "alpha"), [(1, 0.5), (2, 0.0), (2, 0.5), (2, 1.0), (3, 0.5), (4, 0.3)])
+def test_inference_runs_on_the_compiled_kernels_where_a_compiler_exists(window, alpha):
+    fast, reference = fast_and_reference(window, alpha)
+    x = torch.randn(2, 7 * 9, 96)
+    with torch.inference_mode():
+        padded = pad_to_window(x.reshape(2, 7, 9, 96), window)
+        assert native.applies(padded)
+        kernels_out = fast.forward_native(padded)
+        assert kernels_out is not None, native.status()
+        expected = reference(x, 7, 9)
+    assert native.status().startswith("on")
+    torch.testing.assert_close(kernels_out[:, :7, :9].reshape(2, 63, 96), expected, rtol=0, atol=1e-5)
+
+
+def test_training_export_and_other_dtypes_keep_to_the_pytorch_path():
+    x = torch.randn(1, 4, 4, 96)
+    with torch.inference_mode():
+        assert not native.applies(x.double())
+        assert not native.applies(x.to(torch.bfloat16))
+    assert not native.applies(x)  # autograd on
+
+
+def test_maps_with_more_keys_than_the_kernels_hold_take_sdpa():
+    fast, reference = fast_and_reference(1, 0.5)  # window 1: every token is a key
+    side = int(native.MAX_KEYS ** 0.5) + 1
+    x = torch.randn(1, side * side, 96)
+    with torch.inference_mode():
+        assert fast.forward_native(x.reshape(1, side, side, 96)) is None
+        torch.testing.assert_close(fast(x, side, side), reference(x, side, side), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("compiler", "cache_is_a_file", "says"), [
+    ("/nonexistent/g++", False, "cannot run the C++ compiler"),
+    ("false", False, "failed to build the kernels"),
+    (None, True, "cannot build the kernels in"),
+])
+def test_without_a_working_compiler_inference_falls_back_and_says_why(compiler, cache_is_a_file, says, tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.setattr(native, "_libraries", {})
+    monkeypatch.setattr(native, "_failure", None)
+    cache = tmp_path / "cache"
+    if cache_is_a_file:
+        cache.write_text("not a directory")
+    monkeypatch.setenv("LITV2_CACHE_DIR", str(cache))  # nothing cached from a working compiler
+    if compiler:
+        monkeypatch.setenv("CXX", compiler)
+    elif not (os.environ.get("CXX") or shutil.which("g++")):
+        pytest.skip("no C++ compiler for the native kernels")
+    fast, reference = fast_and_reference(2, 0.5)
+    x = torch.randn(2, 7 * 9, 96)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x, 7, 9), reference(x, 7, 9), rtol=0, atol=1e-5)
+    assert native.status().startswith("off") and says in native.status()
+    assert not list(tmp_path.rglob("*.so")) and not list(tmp_path.rglob("*.part"))
+
+
+@needs_compiler
+def test_a_damaged_cached_kernel_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("LITV2_CACHE_DIR", str(tmp_path))
+    # Built by another process, as a cache is: this one must not have the library loaded.
+    subprocess.run([sys.executable, "-c", "from litv2cli.models import native; assert native.hifi_kernel(2, 16)"],
+                   check=True, env=os.environ.copy())
+    (built,) = tmp_path.rglob("*.so")
+    built.write_bytes(b"not a shared library")
+    monkeypatch.setattr(native, "_libraries", {})
+    fast, reference = fast_and_reference(2, 0.0)
+    x = torch.randn(2, 8 * 8, 96)
+    with torch.inference_mode():
+        assert fast.forward_native(pad_to_window(x.reshape(2, 8, 8, 96), 2)) is not None
+        torch.testing.assert_close(fast(x, 8, 8), reference(x, 8, 8), rtol=0, atol=1e-5)
+    assert built.read_bytes().startswith(b"\x7fELF")
+
+
+def test_the_kernels_link_the_openmp_runtime_pytorch_uses_not_another_packages():
+    import sklearn.utils._openmp_helpers  # noqa: F401  scikit-learn's wheels load their own libgomp
+
+    bundled = sorted((Path(torch.__file__).parent / "lib").glob("libgomp*.so*"))
+    if not bundled:
+        pytest.skip("this PyTorch build does not bundle libgomp")
+    loaded = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "gomp" in line}
+    assert len(loaded) > 1, "the test needs a second OpenMP runtime in the process"
+    assert native._openmp_runtime() == bundled[0]

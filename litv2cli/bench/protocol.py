@@ -10,6 +10,7 @@ import torch
 
 from litv2cli.fresh_process import omp_wait_policy
 from litv2cli.measure import default_device, device_name
+from litv2cli.models import native
 
 # The paper's protocol on a GPU (batch 64, median of 30 steps, mixed precision); on a 2-core CPU
 # the same table must finish in minutes, so the batch shrinks there (and --repeats can cut the
@@ -45,9 +46,10 @@ class BenchSettings:
         compiled = "eager" if self.compile_mode is None else f"torch.compile(mode={self.compile_mode!r})"
         timer = "CUDA events" if self.device.type == "cuda" else (
             f"perf_counter in a fresh process with OMP_WAIT_POLICY={omp_wait_policy()}")
+        kernels = f"; HiLo's native CPU kernels {native.status()}" if self.device.type == "cpu" else ""
         return (f"batch {self.batch_size}, {resolution}, {self.dtype_label}, contiguous (NCHW) input, {compiled}, "
                 f"{device_name(self.device)}, torch {torch.__version__}; {self.warmup} warm-up steps, median of "
-                f"{self.repeats} steps timed by {timer}, models interleaved step by step")
+                f"{self.repeats} steps timed by {timer}, models interleaved step by step{kernels}")
 
 
 def default_settings(*, batch_size: int | None = None, warmup: int | None = None, repeats: int | None = None,
