@@ -153,23 +153,49 @@ def run_search(config: SearchConfig, *, say: Callable[[str], None] = print) -> l
     return results
 
 
+_stop_asked = False  # set by the handlers below; read between measurements (`stop_if_asked`)
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (a scheduler's pre-emption, `kill`) stops the search as Ctrl-C does: the running
     trial is failed as interrupted and evaluated first by the next run. Otherwise the process
-    would die at once, its trial left RUNNING until the heartbeat's 120 s grace period ran out."""
+    would die at once, its trial left RUNNING until the heartbeat's 120 s grace period ran out.
+
+    A signal handler's exception surfaces wherever Python happens to be; inside a weakref
+    callback or a `__del__` (SQLAlchemy runs them during garbage collection) Python would print
+    it with a traceback as "Exception ignored" and go on, and the search would run to its end.
+    So both signals also leave a flag, which `stop_if_asked` turns into the interrupt at the next
+    measurement, and such a swallowed interrupt is not printed."""
+    global _stop_asked
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
 
     def interrupt(signum: int, frame: Any) -> None:
+        global _stop_asked
+        _stop_asked = True
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    def unraisable(report: Any) -> None:
+        if not (_stop_asked and isinstance(report.exc_value, KeyboardInterrupt)):
+            previous_hook(report)
+
+    _stop_asked = False
+    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGTERM, signal.SIGINT)}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_hook
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def stop_if_asked() -> None:
+    """Raise the interrupt that Ctrl-C or SIGTERM asked for, should Python have swallowed it."""
+    if _stop_asked:
+        raise KeyboardInterrupt
 
 
 def search_variant(config: SearchConfig, space: SearchSpace, storage: optuna.storages.BaseStorage, storage_url: str,
@@ -200,7 +226,9 @@ def search_variant(config: SearchConfig, space: SearchSpace, storage: optuna.sto
         f"{fingerprint['device']}; study {name!r} in {redact(storage_url)}")
 
     def evaluate(trial: optuna.Trial, point: Point) -> tuple[float, ...]:
+        stop_if_asked()
         metrics = measure_point(point, settings, proxy)
+        stop_if_asked()
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
         return tuple(float(metrics[n]) for n in measured)
@@ -425,6 +453,7 @@ def _train_phase(config: SearchConfig, variant: str, name: str, points: list[Poi
     run_root = config.output / "train-proxy" / name
 
     def evaluate(trial: optuna.Trial, point: Point) -> float:
+        stop_if_asked()
         say(f"  trial {trial.number}: training {point.label}")
         # The training loop prints its validation lines; they go where the search's own lines go
         # (stderr under --json, so that stdout stays one JSON object).
