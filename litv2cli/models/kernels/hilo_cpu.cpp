@@ -37,7 +37,8 @@ static inline float hsum(v16 a) {
 }
 
 // e^x for x <= 0 (softmax after subtracting the row maximum): Cody-Waite range reduction and
-// a degree-7 polynomial, relative error about 2e-7; below -87 the result is 0.
+// a degree-7 polynomial, relative error about 2e-7; x below -87 counts as -87 (e^-87 ~ 1.6e-38,
+// nothing next to the row maximum's 1).
 static inline v16 vexp(v16 x) {
     x = vmax(x, splat(-87.0f));
     v16 n = (x * splat(1.44269504088896341f) + splat(12582912.0f)) - splat(12582912.0f);  // round
