@@ -3,7 +3,6 @@
 import contextlib
 import itertools
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +32,7 @@ def inference_on_sdpa():
 # inference runs on the compiled kernels (`native`) where a compiler exists, else on SDPA.
 GRAD_MODES = {"autograd": contextlib.nullcontext, "inference": torch.inference_mode,
               "inference on SDPA": inference_on_sdpa}
-needs_compiler = pytest.mark.skipif(not (os.environ.get("CXX") or shutil.which("g++")),
-                                    reason="no C++ compiler for the native kernels")
+needs_compiler = pytest.mark.skipif(not native.find_compiler(), reason="no C++ compiler for the native kernels")
 
 
 def fast_and_reference(window: int, alpha: float, qkv_bias: bool = True, dim: int = 96, heads: int = 6):
@@ -212,7 +210,7 @@ def test_without_a_working_compiler_inference_falls_back_and_says_why(compiler, 
     monkeypatch.setenv("LITV2_CACHE_DIR", str(cache))  # nothing cached from a working compiler
     if compiler:
         monkeypatch.setenv("CXX", compiler)
-    elif not (os.environ.get("CXX") or shutil.which("g++")):
+    elif not native.find_compiler():
         pytest.skip("no C++ compiler for the native kernels")
     fast, reference = fast_and_reference(2, 0.5)
     x = torch.randn(2, 7 * 9, 96)

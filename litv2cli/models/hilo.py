@@ -110,16 +110,21 @@ class HiLo(nn.Module):
     def project(self, padded: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         """(Hi-Fi qkv, Lo-Fi q, Lo-Fi kv) of the (B, Hp, Wp, C) map, views of one GEMM's output;
         None where a branch has no such projection of the map."""
+        _, projected = self.map_projection(padded, with_bias=True)
+        return projected.get("h_qkv"), projected.get("l_q"), projected.get("l_kv")
+
+    def map_projection(self, x: torch.Tensor, with_bias: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Every `map_projections` layer applied to `x` (..., C) as one GEMM: its output, and
+        that output's columns by layer name; without the biases when the caller adds them."""
         names = self.map_projections()
         layers = [getattr(self, name) for name in names]
-        if len(layers) == 1:
-            outputs = [layers[0](padded)]
-        else:
-            weight = torch.cat([layer.weight for layer in layers])
-            bias = torch.cat([layer.bias for layer in layers]) if layers[0].bias is not None else None
-            outputs = F.linear(padded, weight, bias).split([layer.out_features for layer in layers], dim=-1)
-        projected = dict(zip(names, outputs))
-        return projected.get("h_qkv"), projected.get("l_q"), projected.get("l_kv")
+        weight = torch.cat([layer.weight for layer in layers]) if len(layers) > 1 else layers[0].weight
+        bias = None
+        if with_bias and layers[0].bias is not None:
+            bias = torch.cat([layer.bias for layer in layers]) if len(layers) > 1 else layers[0].bias
+        output = F.linear(x, weight, bias)
+        columns = output.split([layer.out_features for layer in layers], dim=-1) if len(layers) > 1 else [output]
+        return output, dict(zip(names, columns))
 
     def hifi(self, qkv: torch.Tensor) -> torch.Tensor:
         """Self-attention inside each s x s window, from the (B, Hp, Wp, 3 * hifi_dim) projection;
@@ -175,11 +180,7 @@ class HiLo(nn.Module):
         lofi = native.lofi_kernel(Hp * Wp // (s * s), self.head_dim) if self.lofi_heads else None
         if (self.hifi_heads and hifi is None) or (self.lofi_heads and lofi is None):
             return None
-        names = self.map_projections()
-        layers = [getattr(self, name) for name in names]
-        weight = torch.cat([layer.weight for layer in layers]) if len(layers) > 1 else layers[0].weight
-        projected = torch.mm(padded.reshape(rows, C), weight.t())
-        columns = dict(zip(names, projected.split([layer.out_features for layer in layers], dim=1)))
+        projected, columns = self.map_projection(padded.reshape(rows, C), with_bias=False)
         attended = projected.new_empty(rows, C)
         if hifi:
             hifi(columns["h_qkv"], self.bias_of(self.h_qkv), attended, B, Hp, Wp, self.hifi_heads)

@@ -42,6 +42,7 @@ _lock = threading.Lock()
 _libraries: dict[tuple, ctypes.CDLL] = {}
 _failure: str | None = None
 _I64, _PTR, _F32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+NO_COMPILER = "no C++ compiler: install g++ or set CXX"
 
 
 class BuildError(RuntimeError):
@@ -58,7 +59,7 @@ def disabled_reason() -> str | None:
 
 def status() -> str:
     """One line for reports: whether HiLo's CPU inference runs on the compiled kernels."""
-    reason = disabled_reason() or (None if _compiler() else "no C++ compiler: install g++ or set CXX")
+    reason = disabled_reason() or (None if find_compiler() else NO_COMPILER)
     if reason:
         return f"off ({reason}): scaled_dot_product_attention instead"
     return f"on (compiled for this CPU, {'built' if _libraries else 'built on first use'})"
@@ -127,9 +128,9 @@ def _library(**constants: int) -> ctypes.CDLL | None:
 
 
 def _build(constants: dict[str, int]) -> ctypes.CDLL:
-    compiler = _compiler()
+    compiler = find_compiler()
     if not compiler:
-        raise BuildError("no C++ compiler: install g++ or set CXX")
+        raise BuildError(NO_COMPILER)
     runtime = _openmp_runtime()
     if runtime is None:
         raise BuildError("the OpenMP runtime PyTorch uses was not found")
@@ -185,7 +186,8 @@ def _compile(compiler: str, flags: list[str], runtime: Path, target: Path) -> No
                 leftover.unlink(missing_ok=True)
 
 
-def _compiler() -> str | None:
+def find_compiler() -> str | None:
+    """The C++ compiler the kernels are built with, or None."""
     return os.environ.get("CXX") or shutil.which("g++")
 
 
