@@ -32,6 +32,7 @@ from litv2cli.launch import pin_deepspeed_to_cpu_without_cuda
 from litv2cli.losses import build_loss
 from litv2cli.models import create_model, variant_spec
 from litv2cli.optim import build_optimizer, build_scheduler
+from litv2cli.precision import resolve_precision
 from litv2cli.progress import TrainProgress
 from litv2cli.runs import MetricsLog, RunSpec
 from litv2cli.sampler import ResumableDistributedSampler
@@ -59,15 +60,6 @@ def eval_transform(recipe: Recipe) -> Callable:
     """The recipe's evaluation transform: one definition for eval during training and `litv2 eval`."""
     return build_eval_transform(recipe.res, crop_pct=recipe.eval_crop_pct, interpolation=recipe.interpolation,
                                 mean=recipe.mean, std=recipe.std)
-
-
-def resolve_precision(requested: str) -> str:
-    """bf16 where the GPU supports it, else fp16; none on CPU (autocast there only slows down)."""
-    if requested != "auto":
-        return requested
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
 
 
 def make_accelerator(spec: RunSpec, recipe: Recipe, run_dir: Path, hidden_size: int) -> Accelerator:

@@ -9,11 +9,12 @@ import torch
 from accelerate import Accelerator
 
 from litv2cli.config import Recipe
-from litv2cli.engine import eval_transform, resolve_precision
+from litv2cli.engine import eval_transform
 from litv2cli.data import open_split
 from litv2cli.evaluate import evaluate
 from litv2cli.launch import pin_deepspeed_to_cpu_without_cuda
 from litv2cli.models import create_model
+from litv2cli.precision import resolve_precision
 from litv2cli.runs import RunSpec
 from litv2cli.weights import load_into, read_state_dict
 
