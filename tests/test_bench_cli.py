@@ -129,7 +129,7 @@ def test_unwritable_output_is_refused_before_measuring(capsys, tmp_path):
     (["bench", "model", "--models", "litv2_t,no_such_net", "--res", "64"], "unknown model 'no_such_net'"),
     (["bench", "model", "--models", "litv2_t", "--res", "65"], "multiples of 32"),
     (["bench", "model", "--models", "litv2_t", "--mode", "fly"], "--mode 'fly'"),
-    (["bench", "model", "--models", "litv2_t", "--dtype", "float16"], "--dtype 'float16'"),
+    (["bench", "model", "--models", "litv2_t", "--dtype", "float64"], "--dtype 'float64'"),
     (["bench", "attention", "--attentions", "hilo,lsh"], "unknown lsh"),
     (["bench", "attention", "--compile", "--compile-mode", "fastest"], "--compile-mode 'fastest'"),
     (["bench", "attention", "--variant", "z", "--res", "64"], "unknown variant 'z'"),

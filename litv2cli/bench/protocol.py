@@ -20,6 +20,11 @@ from litv2cli.models import native
 # would triple the run, so there the spread is reported instead.
 GPU_DEFAULTS = dict(batch_size=64, warmup=10, repeats=30, max_rounds=3)
 CPU_DEFAULTS = dict(batch_size=4, warmup=2, repeats=30, max_rounds=1)
+# --dtype: "auto" picks per device (`default_settings`); the others name the autocast dtype, or
+# float32 for none. The weights stay float32 either way, as under accelerate's mixed precision.
+DTYPE_AUTOCAST: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16,
+                                                  "float16": torch.float16}
+DTYPES = ("auto", *DTYPE_AUTOCAST)
 
 
 @dataclass(frozen=True)
@@ -30,7 +35,7 @@ class BenchSettings:
     batch_size: int
     warmup: int
     repeats: int
-    autocast_dtype: torch.dtype | None  # bf16 autocast on CUDA by default, none (float32) on CPU
+    autocast_dtype: torch.dtype | None  # bf16 or fp16 autocast; by default bf16 on CUDA, none (float32) on CPU
     compile_mode: str | None  # None: eager; otherwise a torch.compile mode ("default", "max-autotune", ...)
     measure_memory: bool = True
     max_rounds: int = 1
@@ -42,11 +47,16 @@ class BenchSettings:
             return "float32"
         return f"float32 weights, autocast {str(self.autocast_dtype).removeprefix('torch.')}"
 
+    def native_kernels(self) -> str:
+        """Whether HiLo's CPU inference runs on the compiled kernels, which are float32 only:
+        under autocast they never run, whatever `native.status()` says of this machine."""
+        return "not used (float32 only)" if self.autocast_dtype is not None else native.status()
+
     def protocol(self, resolution: str) -> str:
         compiled = "eager" if self.compile_mode is None else f"torch.compile(mode={self.compile_mode!r})"
         timer = "CUDA events" if self.device.type == "cuda" else (
             f"perf_counter in a fresh process with OMP_WAIT_POLICY={omp_wait_policy()}")
-        kernels = f"; HiLo's native CPU kernels {native.status()}" if self.device.type == "cpu" else ""
+        kernels = f"; HiLo's native CPU kernels {self.native_kernels()}" if self.device.type == "cpu" else ""
         return (f"batch {self.batch_size}, {resolution}, {self.dtype_label}, contiguous (NCHW) input, {compiled}, "
                 f"{device_name(self.device)}, torch {torch.__version__}; {self.warmup} warm-up steps, median of "
                 f"{self.repeats} steps timed by {timer}, models interleaved step by step{kernels}")
@@ -60,12 +70,10 @@ def default_settings(*, batch_size: int | None = None, warmup: int | None = None
     defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
     if dtype == "auto":
         autocast = torch.bfloat16 if device.type == "cuda" else None
-    elif dtype == "bfloat16":
-        autocast = torch.bfloat16
-    elif dtype == "float32":
-        autocast = None
+    elif dtype in DTYPE_AUTOCAST:
+        autocast = DTYPE_AUTOCAST[dtype]
     else:
-        raise ValueError(f"dtype must be auto, float32 or bfloat16, not {dtype!r}")
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     return BenchSettings(
         device=device,
         batch_size=batch_size or defaults["batch_size"],

@@ -34,8 +34,8 @@ Compile = Annotated[bool, typer.Option("--compile", help="torch.compile every mo
                                        "measured eager).")]
 CompileMode = Annotated[str, typer.Option("--compile-mode", help="torch.compile mode with --compile: default, "
                                           "reduce-overhead, max-autotune.")]
-Dtype = Annotated[str, typer.Option("--dtype", help="auto (bfloat16 autocast on CUDA, float32 on CPU), float32 or "
-                                    "bfloat16.")]
+Dtype = Annotated[str, typer.Option("--dtype", help="auto (bfloat16 autocast on CUDA, float32 on CPU), float32, "
+                                    "or autocast in bfloat16 or float16 (float32 weights).")]
 NoMemory = Annotated[bool, typer.Option("--no-memory", help="Skip the train/test peak-memory measurements.")]
 Plot = Annotated[bool, typer.Option("--plot", help="Also draw a PNG in --output.")]
 Output = Annotated[Path | None, typer.Option("--output", "-o", help="Write CSV and JSON (and the plot) here "
@@ -111,9 +111,9 @@ def _check_output(output: Path | None) -> None:
 
 
 def _settings(batch_size, warmup, repeats, dtype, compile, compile_mode, memory, budget_s):
-    from litv2cli.bench.protocol import default_settings
+    from litv2cli.bench.protocol import DTYPES, default_settings
 
-    check_choice("--dtype", dtype, ("auto", "float32", "bfloat16"))
+    check_choice("--dtype", dtype, DTYPES)
     check_choice("--compile-mode", compile_mode, COMPILE_MODES)
     return default_settings(batch_size=batch_size, warmup=warmup, repeats=repeats, dtype=dtype,
                             compile_mode=compile_mode if compile else None, measure_memory=memory,

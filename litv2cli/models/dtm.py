@@ -91,8 +91,39 @@ class DeformConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         offset = self.conv_offset(x)  # (B, 2*k*k, H/2, W/2)
         if self.reference or exporting():
-            return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride)
+            return self.torchvision_deform_conv(x, offset)
         return deform_conv2d_gather(x, offset, self.weight, self.bias, stride=self.stride)
+
+    def torchvision_deform_conv(self, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """torchvision's op. Its CPU kernel has no bfloat16 form and no autocast rule (mixed
+        dtypes fail), so anything but one full-precision dtype runs on float32 copies and
+        returns `x`'s dtype, as torchvision's CUDA autocast rule does."""
+        if x.dtype == offset.dtype == self.weight.dtype in (torch.float32, torch.float64):
+            return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride)
+        out = deform_conv2d(x.float(), offset.float(), self.weight.float(), self.bias.float(), stride=self.stride)
+        return out.to(x.dtype)
+
+
+class FloatBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm computed in float32 whatever the input's dtype, output in the input's dtype.
+    DeepSpeed's bf16/fp16 casts the parameters but keeps buffers (the running statistics) in
+    float32, which no batch-norm kernel accepts side by side; and statistics of a batch summed
+    in bf16 would lose most of their bits anyway. Same state dict as `nn.BatchNorm2d`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        statistics = self.running_mean.dtype if self.running_mean is not None else torch.float32
+        if x.dtype in (torch.float32, torch.float64) or statistics != torch.float32:
+            return super().forward(x)  # one dtype throughout (a module cast whole works as it is)
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.batch_norm(
+                x.float(), self.running_mean, self.running_var, _float(self.weight), _float(self.bias),
+                self.training or not self.track_running_stats, self.momentum or 0.0, self.eps).to(x.dtype)
+
+
+def _float(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.float()
 
 
 class DTM(nn.Module):
@@ -101,7 +132,7 @@ class DTM(nn.Module):
     def __init__(self, dim: int, reference: bool = False):
         super().__init__()
         self.dconv = DeformConv2d(dim, 2 * dim, reference=reference)
-        self.norm_layer = nn.BatchNorm2d(2 * dim)
+        self.norm_layer = FloatBatchNorm2d(2 * dim)
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, int, int]:

@@ -216,13 +216,15 @@ class HiLo(nn.Module):
     def project_out(self, hifi: torch.Tensor, lofi: torch.Tensor, out: torch.Tensor) -> None:
         """Both output projections into their columns of `out` (rows, C): the biases in one
         contiguous pass, then each GEMM adds into its columns in place. A branch without heads
-        has 0 columns here and no layer."""
+        has 0 columns here and no layer. Autocast converts neither in-place ops nor `copy_`, so
+        the weights are cast to `out`'s dtype here (a no-op in float32), as autocast casts a
+        linear layer's weights to its compute dtype."""
         layers = [getattr(self, name) for name in ("h_proj", "l_proj") if hasattr(self, name)]
         out.copy_(torch.cat([layer.bias for layer in layers]).expand_as(out))
         if self.hifi_heads:
-            out[:, :self.hifi_dim].addmm_(hifi, self.h_proj.weight.t())
+            out[:, :self.hifi_dim].addmm_(hifi, self.h_proj.weight.to(out.dtype).t())
         if self.lofi_heads:
-            out[:, self.hifi_dim:].addmm_(lofi, self.l_proj.weight.t())
+            out[:, self.hifi_dim:].addmm_(lofi, self.l_proj.weight.to(out.dtype).t())
 
     def flops(self, height: int, width: int) -> float:
         from litv2cli.models.flops import hilo_flops
