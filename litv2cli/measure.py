@@ -7,6 +7,13 @@ Protocol (state it with every number, see `Measurement.protocol`):
   inputs of shape (batch, 3, H, W). `mode="infer"` times a forward pass under
   `torch.inference_mode()` in eval mode; `mode="train"` times forward, backward (loss: mean of
   the outputs) and an AdamW step on a deep copy of the model, so the caller's weights are kept.
+- With `autocast_dtype` (bfloat16 or float16) every step runs under `torch.autocast` with the
+  weights left as they are, as accelerate's mixed-precision training runs, so that what is
+  timed is what training computes.
+- On CUDA everything runs with `device` as the current device (`on_device`): CUDA events,
+  streams, synchronisation and memory statistics follow the current device, so without it
+  `cuda:1` would be timed on `cuda:0`'s stream. cuDNN's autotuner is on (`cudnn.benchmark`), as
+  in training; the previous setting is restored afterwards.
 - `warmup` untimed steps first (allocator, oneDNN/cuDNN autotuning, lazy init), then `repeats`
   timed steps, one sample each. On CUDA each step is timed with CUDA events and the device is
   synchronised before the clock is read; on CPU with `time.perf_counter`.
@@ -27,8 +34,9 @@ Peak memory (`measure_peak_memory`):
   records its resident set (`VmRSS`), resets the kernel's peak (`VmHWM`, via
   `/proc/self/clear_refs`), runs two steps and reads the peak again. The value reported is the
   peak growth plus the bytes of parameters and buffers, so that it counts the same things as
-  the CUDA figure. It includes the C allocator's and the thread pools' overhead, so it is an
-  upper estimate of what PyTorch itself holds. Linux only; the model must be picklable.
+  the CUDA figure. It runs under the same autocast as the timing. It includes the C
+  allocator's and the thread pools' overhead, so it is an upper estimate of what PyTorch itself
+  holds. Linux only; the model must be picklable.
 """
 
 from __future__ import annotations
@@ -38,8 +46,8 @@ import math
 import pickle
 import statistics
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -155,13 +163,14 @@ def measure_throughput(model: nn.Module, batch_size: int, resolution: tuple[int,
     """Median images/s of `model` at (batch_size, 3, *resolution); see the module docstring."""
     _check_protocol(batch_size, repeats, warmup, max_rounds, mode)
     device = torch.device(device) if device is not None else default_device()
-    step, model = _make_step(model, batch_size, resolution, mode=mode, device=device,
-                             channels_last=channels_last, autocast_dtype=autocast_dtype)
-    for _ in range(warmup):
-        step()
-    _synchronize(device)
-    best, rounds = _best_round(lambda: [batch_size / seconds for seconds in _timed_steps(step, repeats, device)],
-                               relative_spread, max_spread, max_rounds)
+    with on_device(device):
+        step, model = _make_step(model, batch_size, resolution, mode=mode, device=device,
+                                 channels_last=channels_last, autocast_dtype=autocast_dtype)
+        for _ in range(warmup):
+            step()
+        _synchronize(device)
+        best, rounds = _best_round(lambda: [batch_size / seconds for seconds in _timed_steps(step, repeats, device)],
+                                   relative_spread, max_spread, max_rounds)
     return _measurement(best, rounds, model, device_name(device), batch_size=batch_size, resolution=resolution,
                         mode=mode, warmup=warmup, repeats=repeats, max_spread=max_spread, channels_last=channels_last,
                         autocast_dtype=autocast_dtype, timer="cuda-events" if device.type == "cuda" else "perf_counter")
@@ -183,16 +192,17 @@ def measure_throughput_interleaved(models: dict[str, nn.Module], batch_size: int
     device = torch.device(device) if device is not None else default_device()
     names = list(models)
     steps, prepared = {}, {}
-    for name in names:
-        steps[name], prepared[name] = _make_step(models[name], batch_size, resolution, mode=mode, device=device,
-                                                 channels_last=channels_last, autocast_dtype=autocast_dtype)
-    for _ in range(warmup):
+    with on_device(device):
         for name in names:
-            steps[name]()
-    _synchronize(device)
+            steps[name], prepared[name] = _make_step(models[name], batch_size, resolution, mode=mode, device=device,
+                                                     channels_last=channels_last, autocast_dtype=autocast_dtype)
+        for _ in range(warmup):
+            for name in names:
+                steps[name]()
+        _synchronize(device)
 
-    timed = {name: lambda step=steps[name]: batch_size / _timed_steps(step, 1, device)[0] for name in names}
-    best, rounds = _best_round(lambda: interleaved(timed, repeats), _worst_spread, max_spread, max_rounds)
+        timed = {name: lambda step=steps[name]: batch_size / _timed_steps(step, 1, device)[0] for name in names}
+        best, rounds = _best_round(lambda: interleaved(timed, repeats), _worst_spread, max_spread, max_rounds)
     label = device_name(device)
     timer = ("cuda-events" if device.type == "cuda" else "perf_counter") + ", interleaved"
     return {name: _measurement(best[name], rounds, prepared[name], label, batch_size=batch_size, resolution=resolution,
@@ -240,14 +250,18 @@ def _measurement(samples: list[float], rounds: int, model: nn.Module, device: st
                  resolution: tuple[int, int], mode: Mode, warmup: int, repeats: int, max_spread: float,
                  channels_last: bool, autocast_dtype: torch.dtype | None, timer: str) -> Measurement:
     spread = relative_spread(samples)
-    dtype = str(next(model.parameters(), torch.empty(0)).dtype).removeprefix("torch.")
-    if autocast_dtype is not None:
-        dtype += f", autocast {str(autocast_dtype).removeprefix('torch.')}"
+    dtype = dtype_label(next(model.parameters(), torch.empty(0)).dtype, autocast_dtype)
     return Measurement(
         images_per_s=statistics.median(samples), spread=spread, samples=tuple(samples), stable=spread <= max_spread,
         rounds=rounds, batch_size=batch_size, resolution=tuple(resolution), mode=mode, device=device, dtype=dtype,
         memory_format="channels_last" if channels_last else "contiguous", warmup=warmup, repeats=repeats, timer=timer,
     )
+
+
+def dtype_label(weights: torch.dtype, autocast_dtype: torch.dtype | None = None) -> str:
+    """How a step computes, as protocols state it: 'float32', or 'float32, autocast bfloat16'."""
+    label = str(weights).removeprefix("torch.")
+    return label if autocast_dtype is None else f"{label}, autocast {str(autocast_dtype).removeprefix('torch.')}"
 
 
 def _worst_spread(samples: dict[str, list[float]]) -> float:
@@ -266,21 +280,38 @@ def measure_latency(model: nn.Module, resolution: tuple[int, int], *, device: to
 def measure_peak_memory(model: nn.Module, batch_size: int, resolution: tuple[int, int], *, mode: Mode = "infer",
                         device: torch.device | str | None = None, timeout_s: float = 600.0,
                         autocast_dtype: torch.dtype | None = None) -> MemoryMeasurement:
-    """Peak bytes of one step: CUDA allocator peak on GPU, peak RSS growth of a fresh process on CPU.
-    `autocast_dtype` applies on CUDA (the CPU child runs in the model's own dtype)."""
+    """Peak bytes of one step (under `autocast_dtype`, as timed): CUDA allocator peak on GPU,
+    peak RSS growth of a fresh process on CPU."""
     device = torch.device(device) if device is not None else default_device()
     if device.type == "cuda":
         return _cuda_peak_memory(model, batch_size, resolution, mode=mode, device=device,
                                  autocast_dtype=autocast_dtype)
     if device.type != "cpu":
         raise ValueError(f"peak memory is measured on cuda or cpu, not {device.type}")
-    return _cpu_peak_memory(model, batch_size, resolution, mode=mode, timeout_s=timeout_s)
+    return _cpu_peak_memory(model, batch_size, resolution, mode=mode, timeout_s=timeout_s,
+                            autocast_dtype=autocast_dtype)
 
 
 def tensor_bytes(model: nn.Module) -> int:
     """Bytes held by the parameters and buffers of `model`."""
     tensors = list(model.parameters()) + list(model.buffers())
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@contextmanager
+def on_device(device: torch.device) -> Iterator[None]:
+    """On CUDA: `device` as the current device and cuDNN's autotuner on, for the block (see the
+    module docstring); the previous settings come back afterwards. Nothing on other devices."""
+    if device.type != "cuda":
+        yield
+        return
+    autotune = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        with torch.cuda.device(device):
+            yield
+    finally:
+        torch.backends.cudnn.benchmark = autotune
 
 
 # --- internals ---------------------------------------------------------------------------
@@ -347,24 +378,26 @@ def _timed_steps(step, repeats: int, device: torch.device) -> list[float]:
 
 def _cuda_peak_memory(model: nn.Module, batch_size: int, resolution: tuple[int, int], *, mode: Mode,
                       device: torch.device, autocast_dtype: torch.dtype | None = None) -> MemoryMeasurement:
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    step, _ = _make_step(model, batch_size, resolution, mode=mode, device=device, channels_last=False,
-                         autocast_dtype=autocast_dtype)
-    step()
-    torch.cuda.synchronize(device)
-    peak = int(torch.cuda.max_memory_allocated(device))
+    with on_device(device):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        step, _ = _make_step(model, batch_size, resolution, mode=mode, device=device, channels_last=False,
+                             autocast_dtype=autocast_dtype)
+        step()
+        torch.cuda.synchronize(device)
+        peak = int(torch.cuda.max_memory_allocated(device))
     return MemoryMeasurement(peak_bytes=peak, method="torch.cuda.max_memory_allocated after one step",
                              device=device_name(device), batch_size=batch_size, resolution=tuple(resolution),
                              mode=mode)
 
 
 def _cpu_peak_memory(model: nn.Module, batch_size: int, resolution: tuple[int, int], *, mode: Mode,
-                     timeout_s: float) -> MemoryMeasurement:
+                     timeout_s: float, autocast_dtype: torch.dtype | None = None) -> MemoryMeasurement:
     weights = tensor_bytes(model)
     try:
         growth, source = call_in_fresh_process(_peak_rss_growth, copy.deepcopy(model).cpu(), batch_size,
-                                               tuple(resolution), mode, what="peak-memory", timeout=timeout_s)
+                                               tuple(resolution), mode, autocast_dtype, what="peak-memory",
+                                               timeout=timeout_s)
     except (pickle.PicklingError, AttributeError, TypeError) as exc:  # raised here, while pickling the model
         raise ValueError(f"CPU peak memory needs a picklable model ({exc})") from exc
     return MemoryMeasurement(
@@ -393,13 +426,14 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _peak_rss_growth(model: nn.Module, batch_size: int, resolution: tuple[int, int], mode: Mode) -> tuple[int, str]:
+def _peak_rss_growth(model: nn.Module, batch_size: int, resolution: tuple[int, int], mode: Mode,
+                     autocast_dtype: torch.dtype | None = None) -> tuple[int, str]:
     """Runs in the fresh process of `_cpu_peak_memory`: (peak RSS growth in bytes over two steps, its source)."""
     import gc
     import resource
 
     step, _ = _make_step(model, batch_size, resolution, mode=mode, device=torch.device("cpu"), channels_last=False,
-                         autocast_dtype=None)
+                         autocast_dtype=autocast_dtype)
     gc.collect()
     baseline_kib = _status_kib("VmRSS")
     if baseline_kib is not None and _reset_peak_rss():

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from litv2cli import measure
 from litv2cli.measure import (
     cpu_model_name, device_name, interleaved, measure_latency, measure_peak_memory, measure_throughput,
     relative_spread,
@@ -79,8 +80,6 @@ def test_noisy_measurement_is_remeasured_and_reported_unstable():
 
 def test_steady_measurement_is_accepted_after_one_round(monkeypatch):
     # The clock is replaced by identical step times: a busy test machine cannot make sleeps steady.
-    import litv2cli.measure as measure
-
     monkeypatch.setattr(measure, "_timed_steps", lambda step, repeats, device: [0.01] * repeats)
     result = measure_throughput(tiny_cnn(), 1, (8, 8), warmup=1, repeats=5, max_rounds=3)
     assert result.rounds == 1 and result.stable and result.spread == 0.0
@@ -125,3 +124,70 @@ def test_cpu_device_name_states_the_processor_and_the_thread_count():
     assert name.startswith("cpu (") and name.endswith(f"{threads} thread{'s' if threads != 1 else ''})")
     model = cpu_model_name()
     assert model is None or model in name
+
+
+class RecordsComputeDtype(nn.Module):
+    """A linear layer that records the dtype it computed in at every step. The record goes
+    through a function, which `copy.deepcopy` shares, so copies of the module record there too."""
+
+    def __init__(self, record):
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+        self.record = record
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear(x.mean(dim=(2, 3)))
+        self.record(out.dtype)
+        return out
+
+
+@pytest.mark.parametrize("mode", ["infer", "train"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_every_step_runs_under_the_autocast_dtype_with_float32_weights(mode, dtype):
+    seen = []
+    model = RecordsComputeDtype(seen.append)
+    result = measure_throughput(model, 2, (8, 8), mode=mode, warmup=1, repeats=3, autocast_dtype=dtype)
+    assert len(seen) >= 4 and set(seen) == {dtype}  # warm-up and timed steps (of every round) alike
+    assert result.dtype == f"float32, autocast {str(dtype).removeprefix('torch.')}"
+    assert f"float32, autocast {str(dtype).removeprefix('torch.')}" in result.protocol
+    assert model.linear.weight.dtype == torch.float32
+
+
+def test_latency_runs_under_the_autocast_dtype():
+    seen = []
+    measure_latency(RecordsComputeDtype(seen.append), (8, 8), warmup=1, repeats=2, autocast_dtype=torch.bfloat16)
+    assert len(seen) >= 3 and set(seen) == {torch.bfloat16}
+
+
+def test_cpu_peak_memory_runs_its_steps_under_the_autocast_dtype(monkeypatch):
+    # The fresh process runs in this one instead, so that the steps it ran can be seen.
+    monkeypatch.setattr(measure, "call_in_fresh_process", lambda function, *args, what, timeout: function(*args))
+    seen = []
+    result = measure_peak_memory(RecordsComputeDtype(seen.append), 2, (8, 8), autocast_dtype=torch.bfloat16)
+    assert seen == [torch.bfloat16] * 2 and result.peak_bytes > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_the_last_gpu_is_timed_as_the_current_device_with_cudnn_autotuning(dtype):
+    # With two GPUs or more this is not the default device: its events and statistics must follow it.
+    index = torch.cuda.device_count() - 1
+    device = torch.device("cuda", index)
+    seen = []
+
+    class RecordsCurrentDevice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append((torch.cuda.current_device(), torch.backends.cudnn.benchmark))
+            return self.conv(x).mean(dim=(2, 3))
+
+    current, benchmark = torch.cuda.current_device(), torch.backends.cudnn.benchmark
+    result = measure_throughput(RecordsCurrentDevice(), 2, (16, 16), device=device, warmup=1, repeats=3,
+                                autocast_dtype=dtype)
+    assert seen and set(seen) == {(index, True)} and result.timer == "cuda-events" and result.images_per_s > 0
+    memory = measure_peak_memory(RecordsCurrentDevice(), 2, (16, 16), device=device, autocast_dtype=dtype)
+    assert memory.peak_bytes > 0 and seen[-1] == (index, True)
+    assert torch.cuda.current_device() == current and torch.backends.cudnn.benchmark == benchmark

@@ -157,6 +157,7 @@ def test_train_mode_with_memory_and_constraints_filters_points_and_explains_an_e
     (["--pick", "max-top1", "--objective", "throughput"], "needs top1"),
     (["--storage", "nonsense"], "storage URL"),
     (["--window", "4", "--res", "32"], "does not fit stage 3"),
+    (["--precision", "bf32"], "--precision 'bf32': choose one of auto, no, bf16, fp16"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(flags, message, tmp_path, capsys):
     args = ["search", "--variant", "t", "--objective", "throughput", "--res", "64", "--output", str(tmp_path)]

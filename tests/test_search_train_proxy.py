@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import optuna
 import pytest
+import torch
 
 from data_fixtures import make_image_folder
+from litv2cli.models.litv2 import LITv2
 from litv2cli.runs import read_metrics
 from litv2cli.search.space import SearchSpace
 from litv2cli.search.train_proxy import TrainBudget, budget_recipe, train_point
@@ -56,3 +58,35 @@ def test_pruner_stops_a_point_after_its_first_evaluation(images, tmp_path):
     evaluations = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "top1" in r]
     assert len(evaluations) == 1 and evaluations[0]["epoch"] == 1  # epochs 2 and 3 never ran
     assert trial.user_attrs["pruned_at_step"] == evaluations[0]["step"]
+
+
+@pytest.fixture()
+def fresh_accelerate_state():
+    """accelerate keeps one precision per process: start and leave this test's own."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    def reset() -> None:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        PartialState._reset_state()
+
+    reset()
+    yield
+    reset()
+
+
+def test_a_bf16_budget_trains_and_validates_every_step_under_bf16_autocast(images, tmp_path, monkeypatch,
+                                                                          fresh_accelerate_state):
+    seen = []
+    forward = LITv2.forward
+
+    def recording_forward(model, x):
+        seen.append((model.training, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return forward(model, x)
+
+    monkeypatch.setattr(LITv2, "forward", recording_forward)
+    budget = TrainBudget(data=str(images), epochs=1, resolution=(32, 32), batch_size=4, lr=2e-3, max_steps=2,
+                         precision="bf16")
+    train_point(optuna.create_study(direction="maximize").ask(), "t", POINT, budget, tmp_path / "run")
+    assert {training for training, _, _ in seen} == {True, False}  # training steps and validation
+    assert all(enabled and dtype == torch.bfloat16 for _, enabled, dtype in seen)

@@ -63,6 +63,10 @@ MaxMemory = Annotated[str | None, typer.Option("--max-memory", help="Drop points
 MinThroughput = Annotated[float | None, typer.Option("--min-throughput", help="Drop points slower than this "
                                                      "(images/s).")]
 Device = Annotated[str | None, typer.Option("--device", help="cuda, cuda:1 or cpu (default: cuda when present).")]
+Precision = Annotated[str, typer.Option("--precision", help="Precision every point is timed (and, with --proxy train, "
+                                         "trained) in: auto (what `litv2 pretrain --precision auto` uses on the "
+                                         "device: bf16 or fp16 on a GPU, no on a CPU), no (float32), bf16 or fp16 "
+                                         "(autocast, float32 weights).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of initialisation, data order and samplers.")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 
@@ -102,6 +106,7 @@ def search(
     max_memory: MaxMemory = None,
     min_throughput: MinThroughput = None,
     device: Device = None,
+    precision: Precision = "auto",
     seed: Seed = 0,
     json_output: JsonOutput = False,
 ) -> None:
@@ -113,6 +118,7 @@ def search(
     """
     import optuna
 
+    from litv2cli.precision import PRECISIONS
     from litv2cli.search import SearchConfig, run_search
     from litv2cli.search.objectives import parse_bytes, parse_objectives
     from litv2cli.search.pareto import check_pick_rule
@@ -133,6 +139,7 @@ def search(
     check_choice("--proxy", proxy, PROXY_KINDS)
     check_choice("--sampler", sampler, SAMPLERS)
     check_choice("--pruner", pruner, PRUNERS)
+    check_choice("--precision", precision, PRECISIONS)
     check_pick_rule(pick, objectives)
     if device is not None and device.startswith("cuda"):
         import torch
@@ -151,7 +158,8 @@ def search(
     config = SearchConfig(
         objectives=objectives, variants=variants, alphas=alpha, windows=window, per_stage_window=per_stage_window,
         resolution=resolution, batch_size=batch_size, mode=mode, warmup=warmup, repeats=repeats, device=device,
-        proxy=proxy, data=data, zero_cost=parse_proxies(zero_cost) if wants_top1 and proxy == "zero-cost" else (),
+        precision=precision, proxy=proxy, data=data,
+        zero_cost=parse_proxies(zero_cost) if wants_top1 and proxy == "zero-cost" else (),
         proxy_batches=proxy_batches, proxy_batch_size=proxy_batch_size,
         train_budget=TrainBudget(data=data, epochs=train_epochs, resolution=parse_resolution(train_res),
                                  batch_size=train_batch_size, lr=train_lr, max_steps=train_steps, seed=seed)

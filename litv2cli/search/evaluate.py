@@ -2,8 +2,10 @@
 
 Speed and memory are measured with the model's ImageNet head (1000 classes, as deployed);
 proxies use a head sized to `--data`'s classes, because snip and grad_norm need its labels.
-Every model is built with drop path 0, so measurements and scores do not depend on it. On a
-CPU the timings run in a fresh process per point (`litv2cli.fresh_process` says why).
+Every model is built with drop path 0, so measurements and scores do not depend on it. Every
+timing and the peak memory run in the search's precision (`MeasureSettings.precision`): the
+search ranks the points as training would run them. On a CPU the timings run in a fresh process
+per point (`litv2cli.fresh_process` says why).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from litv2cli.fresh_process import call_in_fresh_process, omp_wait_policy
 from litv2cli.measure import (
     Measurement, default_device, measure_latency, measure_peak_memory, measure_throughput,
 )
+from litv2cli.precision import autocast_dtype
 from litv2cli.search.proxies import Batch, score_model
 from litv2cli.search.space import Point
 
@@ -38,6 +41,12 @@ class MeasureSettings:
     latency: bool = False  # also measure latency at batch 1
     memory: bool = False  # also measure peak memory at batch_size
     device: str | None = None
+    precision: str = "auto"  # auto, no, bf16 or fp16, as `litv2 pretrain --precision` (see litv2cli.precision)
+
+    @property
+    def autocast(self) -> torch.dtype | None:
+        """The autocast dtype of every step (None: float32, no autocast)."""
+        return autocast_dtype(self.precision, self.device)
 
 
 @dataclass(frozen=True)
@@ -74,7 +83,7 @@ def measure_point(point: Point, settings: MeasureSettings, proxy: ProxySettings 
         metrics.update(latency=latency.latency_ms, latency_spread=latency.spread, latency_stable=latency.stable)
     if settings.memory:
         memory = measure_peak_memory(model, settings.batch_size, settings.resolution, mode=settings.mode,
-                                     device=settings.device)
+                                     device=settings.device, autocast_dtype=settings.autocast)
         metrics.update(memory=float(memory.peak_bytes), memory_method=memory.method)
     del model
     if proxy is not None:
@@ -106,11 +115,12 @@ def timings(model: nn.Module, settings: MeasureSettings, *,
 def _timed(model: nn.Module, settings: MeasureSettings, latency: bool) -> tuple[Measurement, Measurement | None]:
     throughput = measure_throughput(model, settings.batch_size, settings.resolution, mode=settings.mode,
                                     device=settings.device, warmup=settings.warmup, repeats=settings.repeats,
-                                    max_rounds=settings.max_rounds)
+                                    max_rounds=settings.max_rounds, autocast_dtype=settings.autocast)
     if not latency:
         return throughput, None
     return throughput, measure_latency(model, settings.resolution, device=settings.device, warmup=settings.warmup,
-                                       repeats=settings.repeats, max_rounds=settings.max_rounds)
+                                       repeats=settings.repeats, max_rounds=settings.max_rounds,
+                                       autocast_dtype=settings.autocast)
 
 
 def load_proxy_batches(source: str, resolution: tuple[int, int], *, batch_size: int, num_batches: int,

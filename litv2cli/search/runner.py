@@ -15,6 +15,10 @@ Two phases, because Optuna's pruning only works in single-objective studies:
    measurement study is complete.
 
 The front is then computed over the requested objectives from both studies' results.
+
+Both phases run in one precision, `--precision` resolved for the search's device
+(`with_resolved_precision`); it is part of the study's fingerprint, so a study measured in
+bf16 is never continued in float32.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,8 +41,9 @@ from optuna.trial import TrialState
 
 from litv2cli.data import describe_source
 from litv2cli.errors import UserError
-from litv2cli.measure import MAX_SPREAD, default_device, device_name
+from litv2cli.measure import MAX_SPREAD, default_device, device_name, dtype_label
 from litv2cli.paths import check_creatable_dir, make_dir
+from litv2cli.precision import PRECISIONS, resolve_precision
 from litv2cli.search import pareto
 from litv2cli.search.evaluate import (
     MeasureSettings, ProxySettings, load_proxy_batches, measure_point, remeasure_throughput,
@@ -74,6 +79,7 @@ class SearchConfig:
     warmup: int = 5
     repeats: int = 20
     device: str | None = None
+    precision: str = "auto"  # auto | no | bf16 | fp16, resolved by `with_resolved_precision`
     proxy: str = "zero-cost"  # zero-cost | train
     data: str | None = None
     zero_cost: tuple[str, ...] = DEFAULT_PROXIES
@@ -132,6 +138,7 @@ def run_search(config: SearchConfig, *, say: Callable[[str], None] = print) -> l
         raise UserError(f"--proxy {config.proxy} needs --data (an image dataset, or 'demo' for the built-in one)")
     if config.proxy == "train" and config.wants_top1 and config.train_budget is None:
         raise UserError("--proxy train needs a training budget")
+    config = with_resolved_precision(config)
     # Everything the user can get wrong is checked before the first file is written.
     check_creatable_dir(config.output)
     if config.recipes_dir is not None:
@@ -151,6 +158,21 @@ def run_search(config: SearchConfig, *, say: Callable[[str], None] = print) -> l
         say(f"interrupted: the study is kept in {redact(storage_url)}; run the same command again to continue it")
         raise
     return results
+
+
+def search_device(config: SearchConfig) -> torch.device:
+    return torch.device(config.device) if config.device else default_device()
+
+
+def with_resolved_precision(config: SearchConfig) -> SearchConfig:
+    """`config` with `auto` resolved to what `litv2 pretrain --precision auto` uses on the
+    search's device, for the timings and the training proxy alike: the points are ranked as
+    training will run them, and the study records the precision it was measured in."""
+    if config.precision not in PRECISIONS:
+        raise UserError(f"--precision {config.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    precision = resolve_precision(config.precision, search_device(config))
+    budget = None if config.train_budget is None else replace(config.train_budget, precision=precision)
+    return replace(config, precision=precision, train_budget=budget)
 
 
 _stop_asked = False  # set by the handlers below; read between measurements (`stop_if_asked`)
@@ -206,12 +228,12 @@ def search_variant(config: SearchConfig, space: SearchSpace, storage: optuna.sto
     settings = MeasureSettings(
         variant=variant, resolution=config.resolution, batch_size=config.batch_size, mode=config.mode,
         warmup=config.warmup, repeats=config.repeats, latency="latency" in names,
-        memory="memory" in names or config.max_memory is not None, device=config.device)
+        memory="memory" in names or config.max_memory is not None, device=config.device, precision=config.precision)
     measured = [n for n in names if n != "top1"] or ["throughput"]
     directions = [OBJECTIVES[n].direction for n in measured]
-    device = torch.device(config.device) if config.device else default_device()
     fingerprint = {
-        **space.fingerprint(), "batch_size": config.batch_size, "mode": config.mode, "device": device_name(device),
+        **space.fingerprint(), "batch_size": config.batch_size, "mode": config.mode,
+        "device": device_name(search_device(config)), "precision": config.precision,
         "measured": measured, "latency": settings.latency, "memory": settings.memory,
         "zero_cost": list(proxy.proxies) if proxy else [], "proxy_data": config.data if proxy else None,
         "proxy_batches": [config.proxy_batches, config.proxy_batch_size] if proxy else None, "seed": config.seed,
@@ -222,8 +244,9 @@ def search_variant(config: SearchConfig, space: SearchSpace, storage: optuna.sto
     merged = len(space.alphas) * len(space.window_options()) - len(points)
     say(f"LITv2-{variant.upper()}: {_count(len(points), 'distinct point')} ({_count(len(space.alphas), 'alpha')} x "
         f"{_count(len(space.window_options()), 'window setting')}, {merged} merged: same head split) at "
-        f"{config.resolution[0]}x{config.resolution[1]}, batch {config.batch_size}, {config.mode}, on "
-        f"{fingerprint['device']}; study {name!r} in {redact(storage_url)}")
+        f"{config.resolution[0]}x{config.resolution[1]}, batch {config.batch_size}, {config.mode}, precision "
+        f"{config.precision} ({dtype_label(torch.float32, settings.autocast)}), on {fingerprint['device']}; "
+        f"study {name!r} in {redact(storage_url)}")
 
     def evaluate(trial: optuna.Trial, point: Point) -> tuple[float, ...]:
         stop_if_asked()
@@ -448,8 +471,8 @@ def _train_phase(config: SearchConfig, variant: str, name: str, points: list[Poi
                        sampler=make_sampler("grid", [p.label for p in candidates], seed=config.seed),
                        pruner=_pruner(config.pruner))
     say(f"training proxy: {_count(len(candidates), 'point')}, {_count(budget.epochs, 'epoch')} each at "
-        f"{budget.resolution[0]}x{budget.resolution[1]}, batch {budget.batch_size}, lr {budget.lr:g} on "
-        f"{budget.data}; pruner {config.pruner}; study {name}-train")
+        f"{budget.resolution[0]}x{budget.resolution[1]}, batch {budget.batch_size}, lr {budget.lr:g}, precision "
+        f"{budget.precision} on {budget.data}; pruner {config.pruner}; study {name}-train")
     run_root = config.output / "train-proxy" / name
 
     def evaluate(trial: optuna.Trial, point: Point) -> float:
@@ -541,7 +564,7 @@ def _write_outputs(config: SearchConfig, space: SearchSpace, points: list[Point]
     }
     chosen = result.chosen
     measurement = {
-        "device": chosen.details.get("device"), "dtype": chosen.details.get("dtype"),
+        "device": chosen.details.get("device"), "precision": config.precision, "dtype": chosen.details.get("dtype"),
         "resolution": f"{config.resolution[0]}x{config.resolution[1]}", "batch_size": config.batch_size,
         "mode": config.mode, "protocol": chosen.details.get("protocol"),
         "throughput_images_per_s": chosen.values.get("throughput"),

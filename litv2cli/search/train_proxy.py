@@ -7,7 +7,8 @@ ones early. The budget recipe is the variant's recipe with the budget's epochs, 
 batch, the learning rate taken as given (no linear scaling from the reference batch of 1024,
 which would leave a few-epoch run at a uselessly small LR), no warm-up, no drop path, and no
 Mixup/CutMix/RandAugment/random erasing: heavy regularisation only pays off over hundreds of
-epochs and would hide the differences a short run can show.
+epochs and would hide the differences a short run can show. It trains in the budget's
+precision, which `litv2 search` sets to its own: the points are trained as they are timed.
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ class TrainBudget:
     max_steps: int | None = None  # stop each run after this many optimizer steps
     seed: int = 0
     workers: int = 0
+    precision: str = "auto"  # as `litv2 pretrain --precision`
 
     def fingerprint(self) -> dict[str, Any]:
         return {"data": self.data, "epochs": self.epochs, "resolution": list(self.resolution),
-                "batch_size": self.batch_size, "lr": self.lr, "max_steps": self.max_steps, "seed": self.seed}
+                "batch_size": self.batch_size, "lr": self.lr, "max_steps": self.max_steps, "seed": self.seed,
+                "precision": self.precision}
 
 
 def budget_recipe(variant: str, point: Point, budget: TrainBudget) -> Recipe:
@@ -64,7 +67,7 @@ def train_point(trial: optuna.Trial, variant: str, point: Point, budget: TrainBu
     recipe = budget_recipe(variant, point, budget)
     spec = RunSpec(recipe=recipe.model_dump(mode="json"), data=budget.data, output=str(run_dir),
                    workers=budget.workers, keep=1, max_steps=budget.max_steps, progress=False, log_with=[],
-                   precision="no")
+                   precision=budget.precision)
     pruned: list[int] = []
 
     def on_eval(step: int, record: dict[str, Any]) -> bool:
