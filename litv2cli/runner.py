@@ -6,22 +6,27 @@ from pathlib import Path
 
 from litv2cli.config import Recipe, save_recipe
 from litv2cli.errors import UserError
-from litv2cli.launch import LaunchPlan, run_launched
+from litv2cli.launch import LaunchPlan, adopt_single_process, run_launched
 from litv2cli.paths import make_dir
 from litv2cli.runs import RunSpec
 from litv2cli.worker import run_spec
 
 
-# Everything a run writes at the top of its directory.
+# Everything a run writes at the top of its directory; what training itself writes.
 RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "checkpoints", "model.safetensors", "model_ema.safetensors")
+TRAINING_FILES = ("checkpoints", "model.safetensors", "model_ema.safetensors")
 
 
-def prepare_run_dir(output: Path, *, resuming: bool) -> None:
+def prepare_run_dir(output: Path, *, resuming: bool, first_process: bool = True) -> None:
     """Refuse to overwrite a run (nothing already written is lost) and check we can write there.
 
     Without --resume, any file of a run counts: a run killed before its first checkpoint still
-    has its config, spec and metrics, which a new run would overwrite or append to."""
-    found = [name for name in RUN_FILES if (output / name).exists()] if output.is_dir() and not resuming else []
+    has its config, spec and metrics, which a new run would overwrite or append to. The other
+    commands of a job (other nodes, other srun tasks) may share the first one's --output, where
+    it has just written the config and spec of this very run: for them only what training
+    writes counts (training cannot have started without them)."""
+    names = RUN_FILES if first_process else TRAINING_FILES
+    found = [name for name in names if (output / name).exists()] if output.is_dir() and not resuming else []
     if found:
         raise UserError(f"--output {output} already holds a run ({', '.join(found)}); continue it with --resume auto "
                         "or pick another --output")
@@ -41,4 +46,6 @@ def run(spec: RunSpec, launch: LaunchPlan, run_json: Path) -> int:
     spec.save(run_json)
     if launch.needs_launcher:
         return run_launched(launch, run_json)
+    if spec.deepspeed:
+        adopt_single_process()
     return run_spec(spec)

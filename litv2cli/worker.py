@@ -12,8 +12,11 @@ from litv2cli.runs import RunSpec
 
 
 def run_spec(spec: RunSpec) -> int:
-    """Run a spec in this process; user-facing failures become one line and an exit code."""
+    """Run a spec in this process; any failure becomes one line naming the rank, and an exit
+    code: 2 for what the user can fix, 3 for a non-finite loss, 4 for a checkpoint that cannot be
+    written, 1 for anything else (its traceback goes to a file the line names)."""
     from litv2cli import engine
+    from litv2cli.launch import report_error
 
     finished = False
     try:
@@ -25,17 +28,25 @@ def run_spec(spec: RunSpec) -> int:
             engine.train(spec)
         finished = True
     except (UserError, engine.ResumeMismatch) as exc:
-        print(f"litv2: error: {exc}", file=sys.stderr)
+        report_error(str(exc), 2)
         return 2
     except engine.NonFiniteLoss as exc:
-        print(f"litv2: error: {exc}", file=sys.stderr)
+        report_error(str(exc), 3)
         return 3
     except engine.CheckpointWriteError as exc:
-        print(f"litv2: error: {exc}", file=sys.stderr)
+        report_error(str(exc), 4)
         return 4
+    except Exception as exc:  # a defect, or a peer that died: one line here, the traceback in a file
+        report_error(f"{exc.__class__.__name__}: {_first_line(exc)}", 1, exc)
+        return 1
     finally:
         _leave_process_group(wait=finished)
     return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
 
 
 def _leave_process_group(*, wait: bool) -> None:

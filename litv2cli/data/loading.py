@@ -3,7 +3,9 @@ signals that stop a run to the trainer."""
 
 from __future__ import annotations
 
+import atexit
 import signal
+import weakref
 from typing import Any
 
 import torch
@@ -50,9 +52,30 @@ class StopSafeLoader(DataLoader):
             return super().__iter__()
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # inherited by the workers
         try:
-            return super().__iter__()
+            iterator = super().__iter__()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a signal held meanwhile arrives now
+        _workers.update(getattr(iterator, "_workers", ()))
+        return iterator
+
+
+_workers: weakref.WeakSet = weakref.WeakSet()  # the worker processes of every StopSafeLoader
+
+
+def _kill_leftover_workers() -> None:
+    """At interpreter exit, kill the loader workers an exception left behind. multiprocessing's
+    own exit handler stops daemon children with SIGTERM, which these workers ignore, and then
+    waits for them forever: a failed run would hang instead of exiting."""
+    leftovers = [worker for worker in list(_workers) if worker.is_alive()]
+    if leftovers:  # PyTorch's SIGCHLD handler would raise at the first one's death, mid-loop
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for worker in leftovers:
+        if worker.is_alive():
+            worker.kill()
+            worker.join(timeout=5)
+
+
+atexit.register(_kill_leftover_workers)  # registered after multiprocessing's, so it runs first
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
