@@ -46,19 +46,54 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
+def share_output_across_nodes(accelerator: Accelerator, run_dir: Path) -> bool:
+    """Whether every node sees the run directory the main process writes to (a shared
+    filesystem). If not, each node keeps a whole checkpoint of its own (its first process writes
+    and renames it, accelerate saves the model once per node), so that a resume on every node
+    finds the files of its ranks where it looks. Every rank must call this."""
+    import uuid
+
+    import torch
+    from accelerate.utils import broadcast_object_list
+
+    if accelerator.num_processes == int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)):
+        return True
+    token = broadcast_object_list([uuid.uuid4().hex if accelerator.is_main_process else None])[0]
+    probe = Path(run_dir) / f".probe-{token}"
+    if accelerator.is_main_process:
+        probe.touch()
+    accelerator.wait_for_everyone()
+    seen = accelerator.reduce(torch.tensor([float(probe.exists())], device=accelerator.device), "sum")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        probe.unlink()
+    shared = int(seen.item()) == accelerator.num_processes
+    accelerator.project_configuration.save_on_each_node = not shared
+    return shared
+
+
+def writes_checkpoints(accelerator: Accelerator) -> bool:
+    """The one process (per node, when nodes keep their own run directory) that finalises."""
+    if accelerator.project_configuration.save_on_each_node:
+        return accelerator.is_local_main_process
+    return accelerator.is_main_process
+
+
 def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState, keep: int,
                     extra_files: dict[str, callable] | None = None) -> Path:
-    """Save on every rank; the main process finalises, renames and prunes to the newest `keep`."""
+    """Save on every rank; the writing process finalises, renames and prunes to the newest `keep`."""
     root = checkpoint_dir(run_dir)
     final = root / f"step-{state.step:08d}"
     tmp = root / f".tmp-step-{state.step:08d}"
-    if accelerator.is_main_process:
+    writer = writes_checkpoints(accelerator)
+    if writer:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()  # before the barrier: other ranks write their shards and RNG states into it at once
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
-    if accelerator.is_main_process:
+    accelerator.wait_for_everyone()  # every rank's files are in before the rename
+    if writer:
         for name, write in (extra_files or {}).items():
             write(tmp / name)
         _write_json(tmp / STATE_FILE, asdict(state))

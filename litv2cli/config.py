@@ -115,9 +115,15 @@ class Recipe(BaseModel):
         return self.base_lr * factor, self.warmup_lr * factor, self.min_lr * factor
 
     def with_overrides(self, **overrides: Any) -> "Recipe":
-        """A copy with the given (non-None) keys replaced and re-validated."""
+        """A copy with the given (non-None) keys replaced and re-validated. Fewer epochs than the
+        warm-up (a short run of an ImageNet recipe) shrink the warm-up to a tenth of the run,
+        none for one epoch, unless the warm-up is given too."""
         values = self.model_dump()
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        epochs = overrides.get("epochs")
+        if epochs is not None and "warmup_epochs" not in overrides and epochs <= values["warmup_epochs"]:
+            overrides["warmup_epochs"] = 0 if epochs == 1 else epochs / 10
+        values.update(overrides)
         return _validate(values, "command-line overrides")
 
     def to_yaml(self) -> str:

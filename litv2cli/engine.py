@@ -32,7 +32,7 @@ from litv2cli.launch import pin_deepspeed_to_cpu_without_cuda
 from litv2cli.losses import build_loss
 from litv2cli.models import create_model, variant_spec
 from litv2cli.optim import build_optimizer, build_scheduler
-from litv2cli.precision import resolve_precision
+from litv2cli.precision import as_model_input, compute_dtype, step_autocast, resolve_precision
 from litv2cli.progress import TrainProgress
 from litv2cli.runs import MetricsLog, RunSpec
 from litv2cli.sampler import ResumableDistributedSampler
@@ -64,6 +64,7 @@ def eval_transform(recipe: Recipe) -> Callable:
 
 def make_accelerator(spec: RunSpec, recipe: Recipe, run_dir: Path, hidden_size: int) -> Accelerator:
     pin_deepspeed_to_cpu_without_cuda()
+    torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     precision = resolve_precision(spec.precision)
     kwargs: dict[str, Any] = dict(
         mixed_precision=precision,
@@ -146,12 +147,15 @@ def train(spec: RunSpec, *, on_eval: EvalCallback | None = None,
     ends the line printed when a signal stops the run (callers that resume otherwise say how)."""
     recipe = Recipe.model_validate(spec.recipe)
     run_dir = Path(spec.output)
+    # Join the process group first: a rank that fails after joining ends its peers' collectives
+    # at once, while one that fails before would leave them waiting for it to join.
+    accelerator = make_accelerator(spec, recipe, run_dir, hidden_size=variant_spec(recipe.variant).num_features)
     train_set, val_set = (open_split(spec.data, split, image_column=spec.image_column,
                                      label_column=spec.label_column, streaming=spec.streaming)
                           for split in (spec.train_split, spec.val_split))
     num_classes = recipe.num_classes or train_set.num_classes
-    accelerator = make_accelerator(spec, recipe, run_dir, hidden_size=variant_spec(recipe.variant).num_features)
 
+    checkpointing.share_output_across_nodes(accelerator, run_dir)
     set_seed(recipe.seed)  # identical initial weights on every rank
     model = build_model(recipe, num_classes, spec, accelerator.print)
     world = accelerator.num_processes
@@ -186,7 +190,8 @@ def train(spec: RunSpec, *, on_eval: EvalCallback | None = None,
     if spec.compile:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
-    ema = make_ema(accelerator.unwrap_model(model), recipe) if recipe.ema else None
+    input_dtype = compute_dtype(model)
+    ema = FloatEma(accelerator.unwrap_model(model), recipe.ema_decay) if recipe.ema else None
     mixup, criterion = build_loss(recipe, num_classes)
     eval_criterion = nn.CrossEntropyLoss(reduction="sum")
 
@@ -224,15 +229,14 @@ def train(spec: RunSpec, *, on_eval: EvalCallback | None = None,
                     continue
                 images = images.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
-                if spec.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
                 if mixup is not None:
                     images, targets = mixup(images, labels)
                 else:
                     targets = labels
+                images = as_model_input(images, input_dtype, spec.channels_last)
                 with accelerator.accumulate(model):
-                    with accelerator.autocast():
-                        loss = criterion(model(images), targets)
+                    with step_autocast(accelerator):
+                        loss = criterion(model(images).float(), targets)
                     flags = accelerator.reduce(
                         torch.tensor([float(not torch.isfinite(loss)), float(stop.requested)], device=device), "sum")
                     if flags[0] > 0:
@@ -257,7 +261,7 @@ def train(spec: RunSpec, *, on_eval: EvalCallback | None = None,
                 state.step += 1
                 scheduler.step_update(state.step)
                 if ema is not None:
-                    ema.update(accelerator.unwrap_model(model), step=state.step)
+                    ema.update(accelerator.unwrap_model(model))
                 current_lr = optimizer.param_groups[0]["lr"]
                 if state.step % spec.log_every == 0 or state.step == 1:
                     elapsed = time.perf_counter() - window_start
@@ -360,10 +364,25 @@ def run_eval(accelerator, model, ema, val_set, recipe, spec, criterion, state, s
     return record
 
 
-def make_ema(model: nn.Module, recipe: Recipe):
-    from timm.utils import ModelEmaV3
+class FloatEma:
+    """An exponential moving average of the weights, held in float32 whatever the compute
+    dtype: in bf16 a decay of 0.9998 moves a weight by less than its rounding step, so a bf16
+    EMA never changes. Updated from the compute weights (under DeepSpeed the float32 master
+    copy is sharded across ranks; gathering it every step would cost a collective)."""
 
-    return ModelEmaV3(model, decay=recipe.ema_decay)
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        import copy
+
+        self.module = copy.deepcopy(model).float().eval().requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for ema_value, value in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if ema_value.is_floating_point():
+                ema_value.lerp_(value.to(ema_value.dtype), 1.0 - self.decay)
+            else:
+                ema_value.copy_(value)
 
 
 def save(accelerator: Accelerator, run_dir: Path, state: TrainState, keep: int, ema) -> Path:
@@ -381,7 +400,7 @@ def save(accelerator: Accelerator, run_dir: Path, state: TrainState, keep: int, 
 
 def resume(accelerator: Accelerator, run_dir: Path, resume_from: str, ema) -> TrainState:
     """Load the newest checkpoint every rank can read; a corrupt one is reported and skipped."""
-    if accelerator.is_main_process:
+    if checkpointing.writes_checkpoints(accelerator):
         checkpointing.remove_partial_checkpoints(run_dir)
     accelerator.wait_for_everyone()
     candidates = (checkpointing.list_checkpoints(run_dir) if resume_from == "auto" else [Path(resume_from)])
@@ -417,13 +436,33 @@ def resume(accelerator: Accelerator, run_dir: Path, resume_from: str, ema) -> Tr
 
 
 def write_final_weights(accelerator: Accelerator, model: nn.Module, ema, run_dir: Path) -> None:
-    """`model.safetensors` (consolidated from DeepSpeed shards when needed) and the EMA weights."""
-    state_dict = accelerator.get_state_dict(model)
+    """`model.safetensors` and the EMA weights, both float32 whatever the compute dtype."""
+    state_dict = master_state_dict(accelerator, model)
     if accelerator.is_main_process:
         save_file(_contiguous(_strip_compile_prefix(state_dict)), str(run_dir / "model.safetensors"))
         if ema is not None:
             save_file(_contiguous(ema.module.state_dict()), str(run_dir / "model_ema.safetensors"))
     accelerator.wait_for_everyone()
+
+
+def master_state_dict(accelerator: Accelerator, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's float32 weights. Under DeepSpeed the module holds bf16/fp16 copies (or ZeRO-3
+    placeholders), so each parameter comes from the optimizer's float32 master, gathered from
+    its shards: a collective, which every rank must call in the same order."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return accelerator.get_state_dict(model)
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    module = accelerator.unwrap_model(model)
+    parameters = dict(module.named_parameters())
+    state_dict = {}
+    for name, value in module.state_dict(keep_vars=True).items():
+        if name in parameters:
+            value = safe_get_full_fp32_param(parameters[name])
+        state_dict[name] = value.detach().float() if value.is_floating_point() else value.detach()
+    return state_dict
 
 
 def _strip_compile_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

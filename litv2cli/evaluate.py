@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset, IterableDataset, Subset
 
 from litv2cli.data.loading import StopSafeLoader, collate_skip_corrupt
+from litv2cli.precision import as_model_input, compute_dtype, step_autocast
 from litv2cli.sampler import shard_indices
 
 
@@ -37,6 +38,7 @@ def evaluate(accelerator: Accelerator, model: nn.Module, dataset: Dataset, *, ba
     was_training = model.training
     model.eval()
     device = accelerator.device
+    input_dtype = compute_dtype(model)
     totals = torch.zeros(5, dtype=torch.float64, device=device)  # correct1, correct5, count, loss, skipped
     example: torch.Tensor | None = None
     batches = iter(loader)
@@ -50,11 +52,9 @@ def evaluate(accelerator: Accelerator, model: nn.Module, dataset: Dataset, *, ba
             if example is None:
                 continue
             images, labels = example[:1], None  # keep collectives in step while other ranks still work
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = as_model_input(images.to(device, non_blocking=True), input_dtype, channels_last)
         example = images
-        with accelerator.autocast():
+        with step_autocast(accelerator):
             logits = model(images).float()
         if labels is None:
             continue

@@ -46,15 +46,18 @@ def run_recipe(path: str | Path) -> Recipe | None:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A plain `{key: tensor}` from any supported checkpoint; one clear error line otherwise."""
+    """A plain `{key: tensor}` from any supported checkpoint, floating tensors in float32 (a
+    DeepSpeed bf16 run keeps its batch-norm statistics in bf16); one clear error line otherwise."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
     if path.is_dir():
-        return _from_directory(path)
-    from litv2cli.models import load_checkpoint_state_dict
+        state_dict = _from_directory(path)
+    else:
+        from litv2cli.models import load_checkpoint_state_dict
 
-    return load_checkpoint_state_dict(path)
+        state_dict = load_checkpoint_state_dict(path)
+    return {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
 
 
 def _from_directory(path: Path) -> dict[str, torch.Tensor]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from litv2cli.cli.options import Alpha, JsonOutput, Window, check_alpha, check_variant, parse_resolution, parse_window
+from litv2cli.cli.options import (Alpha, JsonOutput, Window, check_alpha, check_choice, check_variant, parse_resolution,
+                                  parse_window)
 from litv2cli.config import RECIPES_DIR, Recipe, default_recipe, load_recipe
 from litv2cli.errors import UserError
 
@@ -66,6 +66,12 @@ def _resolve_logging(log_with: str | None) -> list[str]:
     return ["tensorboard"]
 
 
+def check_precision(precision: str) -> None:
+    from litv2cli.precision import PRECISIONS
+
+    check_choice("--precision", precision, PRECISIONS)
+
+
 def _check_one_step_fits(data: str, train_size: int, recipe: Recipe, world_size: int) -> None:
     """An epoch is truncated to whole steps of every process; refuse a split smaller than one."""
     per_step = recipe.batch_size * recipe.accum * world_size
@@ -73,10 +79,6 @@ def _check_one_step_fits(data: str, train_size: int, recipe: Recipe, world_size:
         raise UserError(f"--data {data}: the training split has {train_size} images, fewer than one step of "
                         f"{recipe.batch_size} (batch) x {recipe.accum} (accum) x {world_size} (processes); "
                         "lower --batch-size")
-
-
-def _default_workers(processes: int) -> int:
-    return max((os.cpu_count() or 1) // processes - 1, 0)
 
 
 def _build_recipe(base: Recipe, *, res, batch_size, accum, epochs, lr, seed, alpha, window, ema,
@@ -90,8 +92,6 @@ def _build_recipe(base: Recipe, *, res, batch_size, accum, epochs, lr, seed, alp
     if ema:
         overrides["ema"] = True
     recipe = base.with_overrides(**overrides)
-    if recipe.epochs <= recipe.warmup_epochs:
-        recipe = recipe.with_overrides(warmup_epochs=0 if recipe.epochs == 1 else recipe.epochs / 10)
     if (recipe.mixup > 0 or recipe.cutmix > 0) and recipe.batch_size % 2:
         raise UserError(f"--batch-size {recipe.batch_size}: Mixup/CutMix pairs images, so the batch must be even")
     return recipe
@@ -100,15 +100,14 @@ def _build_recipe(base: Recipe, *, res, batch_size, accum, epochs, lr, seed, alp
 def _launch_and_spec(*, recipe: Recipe, data, image_column, label_column, streaming, gpus, nodes, node_rank,
                      main_addr, main_port, deepspeed, workers, output, save_every, keep, resume, log_with, max_steps,
                      compile, grad_ckpt, channels_last, precision, skip_nonfinite, no_progress, init_from, prefix,
-                     log_every=10):
+                     log_every=10, epochs=None):
     from litv2cli import dsconfig, launch, runner
     from litv2cli.data import describe_source
     from litv2cli.runs import RunSpec, default_run_dir
 
     if data is None:
         raise UserError("--data is required: 'demo', an ImageFolder root, a saved dataset, Parquet files or a hub id")
-    if precision not in ("auto", "no", "bf16", "fp16"):
-        raise UserError(f"--precision {precision}: use auto, no, bf16 or fp16")
+    check_precision(precision)
     if keep < 1 or save_every < 0 or log_every < 1:
         raise UserError("--keep and --log-every must be >= 1 and --save-every >= 0")
     if resume not in (None, "auto") and not Path(resume).exists():
@@ -128,19 +127,20 @@ def _launch_and_spec(*, recipe: Recipe, data, image_column, label_column, stream
             raise UserError("--ema with ZeRO-3 is not supported: the EMA copy would hold only this rank's shard")
         if skip_nonfinite:
             raise UserError("--skip-nonfinite is not available with DeepSpeed, which steps inside backward")
-    plan = launch.plan(gpus, nodes, node_rank, main_addr, main_port, deepspeed=bool(ds_path))
+    plan = launch.plan(gpus, nodes, node_rank, main_addr, main_port)
     _check_one_step_fits(data, info.train_size, recipe, plan.processes * plan.nodes)
     out = (output or default_run_dir(recipe.variant, prefix)).resolve()
-    runner.prepare_run_dir(out, resuming=resume is not None)
+    runner.prepare_run_dir(out, resuming=resume is not None, first_process=plan.first_process)
     if resume is not None and (out / "run.json").is_file():
-        previous = RunSpec.load(out / "run.json")
-        recipe = Recipe.model_validate(previous.recipe)
+        # The run goes on with its own recipe; only a new length, asked for explicitly, applies.
+        previous = Recipe.model_validate(RunSpec.load(out / "run.json").recipe)
+        recipe = previous.with_overrides(epochs=epochs)
     recipe = recipe.with_overrides(num_classes=num_classes)
     spec = RunSpec(
         recipe=recipe.model_dump(mode="json"), data=data, output=str(out), image_column=info.image_column,
         label_column=info.label_column, train_split="train", val_split=info.val_split, streaming=streaming,
         train_size=info.train_size,
-        workers=workers if workers is not None else _default_workers(plan.processes), save_every=save_every,
+        workers=workers if workers is not None else launch.default_workers(plan), save_every=save_every,
         keep=keep, resume=resume, log_with=_resolve_logging(log_with), max_steps=max_steps, compile=compile,
         grad_ckpt=grad_ckpt, channels_last=channels_last, precision=precision,
         deepspeed=str(ds_path) if ds_path else None, init_from=init_from, skip_nonfinite=skip_nonfinite,
@@ -177,7 +177,8 @@ def pretrain(
         gpus=gpus, nodes=nodes, node_rank=node_rank, main_addr=main_addr, main_port=main_port, deepspeed=deepspeed,
         workers=workers, output=output, save_every=save_every, keep=keep, resume=resume, log_with=log_with,
         max_steps=max_steps, compile=compile, grad_ckpt=grad_ckpt, channels_last=channels_last, precision=precision,
-        skip_nonfinite=skip_nonfinite, no_progress=no_progress, init_from=None, prefix="", log_every=log_every)
+        skip_nonfinite=skip_nonfinite, no_progress=no_progress, init_from=None, prefix="", log_every=log_every,
+        epochs=epochs)
 
 
 def _finetune_base(source, variant: str, recipe_path: Path | None, resolution: tuple[int, int]) -> Recipe:
@@ -233,7 +234,7 @@ def finetune(
         workers=workers, output=output, save_every=save_every, keep=keep, resume=resume, log_with=log_with,
         max_steps=max_steps, compile=compile, grad_ckpt=grad_ckpt, channels_last=channels_last, precision=precision,
         skip_nonfinite=skip_nonfinite, no_progress=no_progress, init_from=str(Path(from_).resolve()),
-        prefix="finetune-", log_every=log_every)
+        prefix="finetune-", log_every=log_every, epochs=epochs)
 
 
 @app.command("eval")
@@ -256,6 +257,7 @@ def evaluate_command(
 
     if data is None:
         raise UserError("--data is required (the dataset whose validation split is evaluated)")
+    check_precision(precision)
     source = inspect_checkpoint(checkpoint, variant=check_variant(variant) if variant else None)
     recipe = source.recipe or default_recipe(source.variant)
     overrides = dict(batch_size=batch_size, num_classes=source.num_classes)
@@ -266,12 +268,12 @@ def evaluate_command(
     if info.num_classes and info.num_classes != source.num_classes:
         raise UserError(f"{checkpoint} predicts {source.num_classes} classes but {data} has {info.num_classes}")
     del source
-    plan = launch.plan(gpus, 1, 0, None, None, deepspeed=False)
+    plan = launch.plan(gpus, 1, 0, None, None)
     with tempfile.TemporaryDirectory(prefix="litv2-eval-") as tmp:
         result_path = Path(tmp) / "result.json"
         spec = RunSpec(recipe=recipe.model_dump(mode="json"), data=data, output=str(result_path),
                        image_column=info.image_column, label_column=info.label_column, val_split=info.val_split,
-                       workers=workers if workers is not None else _default_workers(plan.processes),
+                       workers=workers if workers is not None else launch.default_workers(plan),
                        precision=precision, init_from=str(Path(checkpoint).resolve()), task="eval", progress=False)
         code = runner.run(spec, plan, Path(tmp) / "run.json")
         if code:
