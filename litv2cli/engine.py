@@ -134,6 +134,20 @@ def build_model(recipe: Recipe, num_classes: int, spec: RunSpec, say: Callable[[
     return model
 
 
+def gather_with_owner(model: nn.Module) -> None:
+    """ZeRO-3 gathers a layer's parameters when that layer's forward is called. HiLo's fast paths
+    read its linear layers' weights without calling them (one GEMM over several layers, output
+    projections added in place), so each HiLo module asks for its layers' parameters itself."""
+    from deepspeed.runtime.zero.partition_parameters import register_external_parameter
+
+    from litv2cli.models.hilo import HiLo
+
+    for module in model.modules():
+        if isinstance(module, HiLo):
+            for parameter in module.parameters():
+                register_external_parameter(module, parameter)
+
+
 def enable_activation_checkpointing(model: nn.Module) -> None:
     """Recompute every transformer block in backward: memory for compute, no model changes."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
@@ -187,6 +201,8 @@ def train(spec: RunSpec, *, on_eval: EvalCallback | None = None,
     scheduler = build_scheduler(optimizer, total_steps=total_steps,
                                 warmup_steps=round(recipe.warmup_epochs * steps_per_epoch),
                                 warmup_lr=warmup_lr, min_lr=min_lr)
+    if spec.deepspeed and dsconfig.zero_stage(dsconfig.read_config(Path(spec.deepspeed))) == 3:
+        gather_with_owner(model)
     if spec.compile:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from data_fixtures import make_image_folder, tiny_recipe_text
@@ -159,3 +160,19 @@ def test_existing_run_is_not_overwritten_without_resume(image_folder, tmp_path):
     assert again.returncode == 2
     assert "already holds a run" in again.stderr and "Traceback" not in again.stderr
     assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_fewer_epochs_than_the_recipes_warm_up_train_and_a_resume_takes_a_new_length(image_folder, tmp_path):
+    # LITv2-T's built-in recipe warms up for 20 epochs: --epochs 4 shrinks the warm-up to 0.4.
+    out = tmp_path / "run"
+    args = ["pretrain", "--variant", "t", "--res", "32", "--batch-size", "4", "--workers", "0", "--no-progress",
+            "--log-with", "none", "--data", str(image_folder), "--output", str(out)]
+    done = litv2(*args, "--epochs", "4", "--max-steps", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert (config["epochs"], config["warmup_epochs"]) == (4, 0.4)
+    done = litv2(*args, "--epochs", "3", "--max-steps", "2", "--resume", "auto")
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert (config["epochs"], config["warmup_epochs"]) == (3, 0.4)  # the run's warm-up fits: kept
+    assert json.loads((out / "run.json").read_text())["recipe"]["epochs"] == 3
