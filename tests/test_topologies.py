@@ -146,3 +146,18 @@ def test_a_rank_killed_mid_run_ends_the_job_within_seconds_with_one_line(folder,
     lines = [line for line in stderr.splitlines() if line.startswith("litv2: error:")]
     assert len(lines) == 1 and "rank 1" in lines[0] and "SIGKILL" in lines[0], stderr[-3000:]
     assert not any(psutil.pid_exists(p.pid) and p.status() != psutil.STATUS_ZOMBIE for p in workers)
+
+
+def test_a_node_started_with_another_model_ends_the_whole_job_in_seconds_with_one_line_each(folder, tmp_path):
+    # Every rank raises (DDP checks that all ranks hold the same model): each node says so once.
+    port, began = str(free_port()), time.monotonic()
+    common = ["pretrain", "--res", "32", "--batch-size", "4", "--workers", "0", "--no-progress", "--log-with", "none",
+              "--data", str(folder), "--max-steps", "2", "--gpus", "1", "--nodes", "2", "--main-addr", "127.0.0.1",
+              "--main-port", port]
+    results = finish([start(*common, "--variant", variant, "--node-rank", str(rank), "--output", str(tmp_path / variant))
+                      for rank, variant in enumerate(("t", "s"))], timeout=240)
+    assert time.monotonic() - began < 120
+    for rank, (code, text) in enumerate(results):
+        lines = [line for line in text.splitlines() if line.startswith("litv2: error:")]
+        assert code == 1 and "Traceback" not in text, text[-3000:]
+        assert len(lines) == 1 and f"rank {rank} of 2: RuntimeError: DDP expects same model" in lines[0], text[-3000:]
