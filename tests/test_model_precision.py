@@ -26,6 +26,7 @@ from litv2cli.models.hilo import pad_to_window, uses_bands
 from model_fixtures import with_learned_offsets
 from test_model_dtm import CASES as DEFORM_CASES
 from test_model_dtm import deform_inputs
+from test_model_hilo import fast_and_reference
 
 LOW_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # "autocast": float32 weights and inputs, torch.autocast; "cast": module and inputs in the low
@@ -74,11 +75,7 @@ def parameter_grads(module: torch.nn.Module, skip: tuple[str, ...] = ()) -> torc
 
 
 def hilo_pair(window: int, alpha: float, qkv_bias: bool) -> tuple[HiLo, HiLoReference]:
-    torch.manual_seed(window)
-    fast = HiLo(DIM, HEADS, window, alpha, qkv_bias=qkv_bias)
-    reference = HiLoReference(DIM, HEADS, window, alpha, qkv_bias=qkv_bias)
-    reference.load_state_dict(fast.state_dict(), strict=True)
-    return fast, reference
+    return fast_and_reference(window, alpha, qkv_bias, dim=DIM, heads=HEADS)
 
 
 def test_test_maps_cover_bands_windows_and_padding():
