@@ -69,11 +69,13 @@ def merge_heads(out: torch.Tensor) -> torch.Tensor:
 class MSA(nn.Module):
     """Global multi-head self-attention: every token attends to every token."""
 
-    def __init__(self, dim: int, num_heads: int, window_size: int, alpha: float, qkv_bias: bool = True):
+    def __init__(self, dim: int, num_heads: int, window_size: int, alpha: float, qkv_bias: bool = True,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.dim, self.num_heads = dim, num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
+        self.proj = nn.Linear(dim, dim, **dd)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         q, k, v = split_heads(self.qkv(x), 3, self.num_heads)  # (B, heads, N, head_dim) each
@@ -91,15 +93,17 @@ class SRA(nn.Module):
     by a `reduction` x `reduction` stride-`reduction` conv and a LayerNorm. Reduction 1 is MSA.
     """
 
-    def __init__(self, dim: int, num_heads: int, window_size: int, alpha: float, qkv_bias: bool = True):
+    def __init__(self, dim: int, num_heads: int, window_size: int, alpha: float, qkv_bias: bool = True,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.dim, self.num_heads, self.reduction = dim, num_heads, window_size
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.q = nn.Linear(dim, dim, bias=qkv_bias, **dd)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias, **dd)
+        self.proj = nn.Linear(dim, dim, **dd)
         if self.reduction > 1:
-            self.sr = nn.Conv2d(dim, dim, kernel_size=self.reduction, stride=self.reduction)
-            self.norm = nn.LayerNorm(dim)
+            self.sr = nn.Conv2d(dim, dim, kernel_size=self.reduction, stride=self.reduction, **dd)
+            self.norm = nn.LayerNorm(dim, **dd)
 
     def reduced(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """(B, N, C) -> (B, N / reduction^2, C): the tokens keys and values are made from."""
@@ -137,11 +141,13 @@ class WindowAttention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int, alpha: float, qkv_bias: bool = True,
-                 window: int = SWIN_WINDOW, shifted: bool = False):
+                 window: int = SWIN_WINDOW, shifted: bool = False, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.dim, self.num_heads, self.window, self.shifted = dim, num_heads, window, shifted
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
+        self.proj = nn.Linear(dim, dim, **dd)
 
     def layout(self, height: int, width: int) -> tuple[int, int]:
         """(window, shift) on a height x width map: one map-sized window, unshifted, if it is small."""
@@ -198,12 +204,15 @@ class TwinsLocalAttention(WindowAttention):
     """Twins-SVT's locally-grouped self-attention (LSA): 7 x 7 windows, never shifted. Every
     second block becomes global sub-sampled attention (`SRA`) through `alternate`."""
 
-    def __init__(self, dim: int, num_heads: int, window_size: int, alpha: float, qkv_bias: bool = True):
-        super().__init__(dim, num_heads, window_size, alpha, qkv_bias=qkv_bias)
+    def __init__(self, dim: int, num_heads: int, window_size: int, alpha: float, qkv_bias: bool = True,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None):
+        super().__init__(dim, num_heads, window_size, alpha, qkv_bias=qkv_bias, device=device, dtype=dtype)
         self.reduction, self.qkv_bias = window_size, qkv_bias
 
     def alternate(self) -> SRA:
-        return SRA(self.dim, self.num_heads, self.reduction, 0.0, qkv_bias=self.qkv_bias)
+        weight = self.qkv.weight  # the new module lives where this one does
+        return SRA(self.dim, self.num_heads, self.reduction, 0.0, qkv_bias=self.qkv_bias, device=weight.device,
+                   dtype=weight.dtype)
 
 
 def alternate_blocks(model: nn.Module) -> nn.Module:

@@ -17,9 +17,10 @@ class DWConv(nn.Module):
     """3x3 depthwise conv over a (B, N, C) token map; the wrapper keeps the official key
     `mlp.dwconv.dwconv.*`."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, device: torch.device | None = None, dtype: torch.dtype | None = None):
         super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1, groups=dim, bias=True)
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1, groups=dim, bias=True,
+                                device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         B, N, C = x.shape
@@ -32,12 +33,14 @@ class DWConv(nn.Module):
 class ConvFFN(nn.Module):
     """Token MLP with a depthwise conv between its two linear layers."""
 
-    def __init__(self, dim: int, hidden_dim: int):
+    def __init__(self, dim: int, hidden_dim: int, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.dwconv = DWConv(hidden_dim)
+        dd = dict(device=device, dtype=dtype)
+        self.fc1 = nn.Linear(dim, hidden_dim, **dd)
+        self.dwconv = DWConv(hidden_dim, **dd)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc2 = nn.Linear(hidden_dim, dim, **dd)
         conv = self.dwconv.dwconv
         fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels // conv.groups
         nn.init.normal_(conv.weight, std=math.sqrt(2.0 / fan_out))

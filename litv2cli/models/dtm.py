@@ -11,7 +11,7 @@ of LITv2-S's inference time and over a third of a training step (batch 8, 224, 2
 `embedding_bag` gathers and weights the four bilinear neighbours of every sample straight from
 the (B*H*W, C) token rows, in the row layout the GEMM that follows wants. torchvision's op
 stays the reference, and runs whenever the model is exported (ONNX translates it to
-DeformConv).
+DeformConv) or scripted.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from timm.layers import is_scriptable, register_notrace_module
 from torch import nn
 from torchvision.ops import deform_conv2d
 
@@ -71,17 +72,19 @@ def deform_conv2d_gather(x: torch.Tensor, offset: torch.Tensor, weight: torch.Te
     return out.view(batch, out_h, out_w, out_chans).permute(0, 3, 1, 2)
 
 
+@register_notrace_module  # torch.fx sees one call: the kernel choice depends on dtypes and export
 class DeformConv2d(nn.Module):
     """Deformable conv that predicts its own offsets (keys `weight`, `bias`, `conv_offset.*`).
-    `reference` runs torchvision's kernel instead of the gather."""
+    `reference` runs torchvision's kernel instead of the gather; TorchScript always does."""
 
     def __init__(self, in_chans: int, out_chans: int, kernel_size: int = 2, stride: int = 2,
-                 reference: bool = False):
+                 reference: bool = False, device: torch.device | None = None, dtype: torch.dtype | None = None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.stride, self.reference = stride, reference
-        self.weight = nn.Parameter(torch.empty(out_chans, in_chans, kernel_size, kernel_size))
-        self.bias = nn.Parameter(torch.zeros(out_chans))
-        self.conv_offset = nn.Conv2d(in_chans, 2 * kernel_size * kernel_size, kernel_size, stride)
+        self.weight = nn.Parameter(torch.empty(out_chans, in_chans, kernel_size, kernel_size, **dd))
+        self.bias = nn.Parameter(torch.zeros(out_chans, **dd))
+        self.conv_offset = nn.Conv2d(in_chans, 2 * kernel_size * kernel_size, kernel_size, stride, **dd)
         bound = 1.0 / math.sqrt(in_chans * kernel_size * kernel_size)
         nn.init.uniform_(self.weight, -bound, bound)
         # Zero offsets: training starts from a plain strided conv and learns to deform it.
@@ -90,25 +93,30 @@ class DeformConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         offset = self.conv_offset(x)  # (B, 2*k*k, H/2, W/2)
-        if self.reference or exporting():
-            return self.torchvision_deform_conv(x, offset)
-        return deform_conv2d_gather(x, offset, self.weight, self.bias, stride=self.stride)
+        if not torch.jit.is_scripting():  # a static test: TorchScript compiles torchvision's op only
+            if not (self.reference or exporting()):
+                return deform_conv2d_gather(x, offset, self.weight, self.bias, stride=self.stride)
+        return self.torchvision_deform_conv(x, offset)
 
     def torchvision_deform_conv(self, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
         """torchvision's op. Its CPU kernel has no bfloat16 form and no autocast rule (mixed
         dtypes fail), so anything but one full-precision dtype runs on float32 copies and
         returns `x`'s dtype, as torchvision's CUDA autocast rule does."""
-        if x.dtype == offset.dtype == self.weight.dtype in (torch.float32, torch.float64):
-            return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride)
-        out = deform_conv2d(x.float(), offset.float(), self.weight.float(), self.bias.float(), stride=self.stride)
+        full_precision = x.dtype == torch.float32 or x.dtype == torch.float64
+        if full_precision and x.dtype == offset.dtype and x.dtype == self.weight.dtype:
+            return deform_conv2d(x, offset, self.weight, self.bias, stride=(self.stride, self.stride))
+        out = deform_conv2d(x.float(), offset.float(), self.weight.float(), self.bias.float(),
+                            stride=(self.stride, self.stride))
         return out.to(x.dtype)
 
 
+@register_notrace_module  # torch.fx sees one call: the path depends on the input's dtype
 class FloatBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm computed in float32 whatever the input's dtype, output in the input's dtype.
     DeepSpeed's bf16/fp16 casts the parameters but keeps buffers (the running statistics) in
     float32, which no batch-norm kernel accepts side by side; and statistics of a batch summed
-    in bf16 would lose most of their bits anyway. Same state dict as `nn.BatchNorm2d`."""
+    in bf16 would lose most of their bits anyway. Same state dict as `nn.BatchNorm2d`, which
+    scripted models use instead (TorchScript has no `super()`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         statistics = self.running_mean.dtype if self.running_mean is not None else torch.float32
@@ -129,10 +137,12 @@ def _float(tensor: torch.Tensor | None) -> torch.Tensor | None:
 class DTM(nn.Module):
     """Merge each 2x2 neighbourhood (deformably) into one token with twice the channels."""
 
-    def __init__(self, dim: int, reference: bool = False):
+    def __init__(self, dim: int, reference: bool = False, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None):
         super().__init__()
-        self.dconv = DeformConv2d(dim, 2 * dim, reference=reference)
-        self.norm_layer = FloatBatchNorm2d(2 * dim)
+        dd = dict(device=device, dtype=dtype)
+        self.dconv = DeformConv2d(dim, 2 * dim, reference=reference, **dd)
+        self.norm_layer = (nn.BatchNorm2d if is_scriptable() else FloatBatchNorm2d)(2 * dim, **dd)
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, int, int]:
@@ -140,6 +150,6 @@ class DTM(nn.Module):
         B, N, C = x.shape
         x = self.dconv(x.reshape(B, height, width, C).permute(0, 3, 1, 2))  # (B, 2C, H/2, W/2)
         x = self.act(self.norm_layer(x))
-        height, width = x.shape[-2:]
+        height, width = x.shape[2], x.shape[3]
         # A view when the conv's output is channels-last (the gather's is); a copy otherwise.
         return x.permute(0, 2, 3, 1).reshape(B, height * width, -1), height, width  # (B, H/2 * W/2, 2C)

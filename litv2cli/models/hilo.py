@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function, register_notrace_module
 from torch import nn
 
 from litv2cli.models import native
@@ -60,11 +61,12 @@ def split_heads(num_heads: int, window_size: int, alpha: float) -> tuple[int, in
     return num_heads - lofi_heads, lofi_heads
 
 
+@register_notrace_function  # torch.fx: the padding depends on the traced map's size
 def pad_to_window(x: torch.Tensor, window_size: int) -> torch.Tensor:
     """Zero-pad a (B, H, W, C) map at the bottom/right so H and W are multiples of the window."""
     pad_bottom = -x.shape[1] % window_size
     pad_right = -x.shape[2] % window_size
-    if pad_bottom or pad_right:
+    if pad_bottom > 0 or pad_right > 0:
         x = F.pad(x, (0, 0, 0, pad_right, 0, pad_bottom))
     return x
 
@@ -77,6 +79,9 @@ def band_mask(window_size: int, width: int, device: torch.device) -> torch.Tenso
     return window_of[:, None] == window_of[None, :]
 
 
+# torch.fx sees one call: the kernel, band and partition choices depend on the traced map's
+# size, dtype and grad mode. TorchScript builds `HiLoReference` instead (`LITv2`).
+@register_notrace_module
 class HiLo(nn.Module):
     """HiLo attention over a (B, N, C) token map of a given height and width.
 
@@ -84,8 +89,10 @@ class HiLo(nn.Module):
     with no heads has no layers at all, so its keys are absent from the state dict.
     """
 
-    def __init__(self, dim: int, num_heads: int, window_size: int, alpha: float, qkv_bias: bool = True):
+    def __init__(self, dim: int, num_heads: int, window_size: int, alpha: float, qkv_bias: bool = True,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.dim, self.num_heads, self.window_size, self.alpha = dim, num_heads, window_size, alpha
@@ -93,12 +100,12 @@ class HiLo(nn.Module):
         self.hifi_heads, self.lofi_heads = split_heads(num_heads, window_size, alpha)
         self.hifi_dim, self.lofi_dim = self.hifi_heads * self.head_dim, self.lofi_heads * self.head_dim
         if self.lofi_heads:
-            self.l_q = nn.Linear(dim, self.lofi_dim, bias=qkv_bias)
-            self.l_kv = nn.Linear(dim, 2 * self.lofi_dim, bias=qkv_bias)
-            self.l_proj = nn.Linear(self.lofi_dim, self.lofi_dim)
+            self.l_q = nn.Linear(dim, self.lofi_dim, bias=qkv_bias, **dd)
+            self.l_kv = nn.Linear(dim, 2 * self.lofi_dim, bias=qkv_bias, **dd)
+            self.l_proj = nn.Linear(self.lofi_dim, self.lofi_dim, **dd)
         if self.hifi_heads:
-            self.h_qkv = nn.Linear(dim, 3 * self.hifi_dim, bias=qkv_bias)
-            self.h_proj = nn.Linear(self.hifi_dim, self.hifi_dim)
+            self.h_qkv = nn.Linear(dim, 3 * self.hifi_dim, bias=qkv_bias, **dd)
+            self.h_proj = nn.Linear(self.hifi_dim, self.hifi_dim, **dd)
 
     def map_projections(self) -> list[str]:
         """Names of the linear layers that read the map itself (Lo-Fi kv does when s = 1: no pooling)."""

@@ -5,7 +5,8 @@
     HiLo(X)  = [Hi-Fi(X); Lo-Fi(X)]                                        (eq. 6)
 
 Explicit attention matrices, window partition before the projections, one step per line.
-Same parameter names and head split as `HiLo`, so their state dicts are interchangeable.
+Same parameter names and head split as `HiLo`, so their state dicts are interchangeable. Plain
+enough for TorchScript and torch.fx, so scripted models are built with it (`LITv2`).
 """
 
 from __future__ import annotations
@@ -25,20 +26,22 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
 class HiLoReference(nn.Module):
     """Straightforward HiLo: same parameters and outputs as `HiLo`, none of its shortcuts."""
 
-    def __init__(self, dim: int, num_heads: int, window_size: int, alpha: float, qkv_bias: bool = True):
+    def __init__(self, dim: int, num_heads: int, window_size: int, alpha: float, qkv_bias: bool = True,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.dim, self.num_heads, self.window_size, self.alpha = dim, num_heads, window_size, alpha
         self.head_dim = dim // num_heads
         self.hifi_heads, self.lofi_heads = split_heads(num_heads, window_size, alpha)
         self.hifi_dim, self.lofi_dim = self.hifi_heads * self.head_dim, self.lofi_heads * self.head_dim
         if self.lofi_heads:
             self.lofi_pool = nn.AvgPool2d(window_size)
-            self.l_q = nn.Linear(dim, self.lofi_dim, bias=qkv_bias)
-            self.l_kv = nn.Linear(dim, 2 * self.lofi_dim, bias=qkv_bias)
-            self.l_proj = nn.Linear(self.lofi_dim, self.lofi_dim)
+            self.l_q = nn.Linear(dim, self.lofi_dim, bias=qkv_bias, **dd)
+            self.l_kv = nn.Linear(dim, 2 * self.lofi_dim, bias=qkv_bias, **dd)
+            self.l_proj = nn.Linear(self.lofi_dim, self.lofi_dim, **dd)
         if self.hifi_heads:
-            self.h_qkv = nn.Linear(dim, 3 * self.hifi_dim, bias=qkv_bias)
-            self.h_proj = nn.Linear(self.hifi_dim, self.hifi_dim)
+            self.h_qkv = nn.Linear(dim, 3 * self.hifi_dim, bias=qkv_bias, **dd)
+            self.h_proj = nn.Linear(self.hifi_dim, self.hifi_dim, **dd)
 
     def hifi(self, x: torch.Tensor) -> torch.Tensor:
         B, Hp, Wp, C = x.shape
@@ -64,10 +67,11 @@ class HiLoReference(nn.Module):
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         B, N, C = x.shape
         x = pad_to_window(x.reshape(B, height, width, C), self.window_size)
-        outputs = []
-        if self.hifi_heads:
+        outputs: list[torch.Tensor] = []
+        # A branch without heads has no layers; TorchScript compiles only what `hasattr` finds.
+        if hasattr(self, "h_qkv"):
             outputs.append(self.hifi(x)[:, :height, :width])
-        if self.lofi_heads:
+        if hasattr(self, "l_q"):
             outputs.append(self.lofi(x)[:, :height, :width])
         return torch.cat(outputs, dim=-1).reshape(B, N, C)
 
