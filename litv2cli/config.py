@@ -8,6 +8,7 @@ one line naming the key and the file. Command-line flags override recipe keys th
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,8 +17,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from litv2cli.errors import UserError
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+def package_file(name: str) -> Path:
+    """A file or folder shipped inside the package (package data, so a wheel holds it). Wheels
+    and editable installs put the package on disk, so this is a real path, which accelerate and
+    DeepSpeed need (they take file names)."""
+    return Path(str(resources.files("litv2cli").joinpath(name)))
+
+
+# The shipped recipes. In a checkout, the top-level `recipes/` is a link to this folder.
+RECIPES_DIR = package_file("recipes")
 VARIANT_NAMES = ("t", "s", "m", "b")
+# Variants with the paper's ImageNet recipe, `recipes/litv2-<variant>.yaml`. LITv2-T is ours, not
+# from the paper: it has no such recipe and starts from the defaults below with its own sizes.
+PAPER_VARIANTS = ("s", "m", "b")
+DEMO_RECIPE = "litv2-t-demo.yaml"  # LITv2-T on the built-in digits (`--data demo`)
 
 
 def _as_resolution(value: Any) -> tuple[int, int]:
@@ -164,9 +178,19 @@ def read_recipe_file(path: str | Path) -> dict[str, Any]:
 
 
 def default_recipe(variant: str) -> Recipe:
-    """The shipped recipe for `variant` (`recipes/litv2-<variant>.yaml`), or the defaults."""
-    path = RECIPES_DIR / f"litv2-{variant}.yaml"
-    return load_recipe(path) if path.is_file() else _validate({"variant": variant}, f"variant {variant}")
+    """The recipe `variant` starts from without `--recipe`: the paper's for S, M and B
+    (`recipes/litv2-<variant>.yaml`, which must be there), the defaults for LITv2-T (no paper recipe)."""
+    if variant in PAPER_VARIANTS:
+        return shipped_recipe(f"litv2-{variant}.yaml")
+    return _validate({"variant": variant}, f"variant {variant}")
+
+
+def shipped_recipe(name: str) -> Recipe:
+    """A recipe of the package; a missing one is an error, never a silent fall back to defaults."""
+    path = RECIPES_DIR / name
+    if not path.is_file():
+        raise UserError(f"the shipped recipe {name} is missing from {RECIPES_DIR}; reinstall litv2cli")
+    return load_recipe(path)
 
 
 def load_recipe(path: str | Path) -> Recipe:

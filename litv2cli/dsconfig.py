@@ -22,7 +22,11 @@ PRESETS = ("zero1", "zero2", "zero3", "zero3-offload")
 def resolve_config_path(choice: str) -> Path:
     """A preset name (`zero2`) or the path of the user's own JSON file."""
     if choice in PRESETS:
-        return RECIPES_DIR / "deepspeed" / f"{choice}.json"
+        preset = RECIPES_DIR / "deepspeed" / f"{choice}.json"
+        if not preset.is_file():
+            raise UserError(f"--deepspeed {choice}: the shipped preset is missing from {preset.parent}; "
+                            "reinstall litv2cli")
+        return preset
     path = Path(choice)
     if not path.is_file():
         raise UserError(f"--deepspeed {choice!r}: neither a preset ({', '.join(PRESETS)}) nor an existing JSON file")

@@ -30,7 +30,8 @@ def rank_part(dataset: Dataset, world: int, rank: int) -> Dataset:
 @torch.no_grad()
 def evaluate(accelerator: Accelerator, model: nn.Module, dataset: Dataset, *, batch_size: int, workers: int,
              criterion: nn.Module | None = None, channels_last: bool = False) -> dict[str, Any]:
-    """Returns top1/top5 (percent), mean loss, images counted and unreadable images skipped."""
+    """Returns top1/top5 (percent), images counted, unreadable images skipped and, when a
+    `criterion` (summing over the batch) is given, the mean loss; without one there is no "loss"."""
     loader = StopSafeLoader(rank_part(dataset, accelerator.num_processes, accelerator.process_index),
                             batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_corrupt, shuffle=False,
                             # Its own generator: evaluating must not advance the training RNG streams.
@@ -69,10 +70,13 @@ def evaluate(accelerator: Accelerator, model: nn.Module, dataset: Dataset, *, ba
     totals = accelerator.reduce(totals, "sum")
     model.train(was_training)
     count = int(totals[2].item())
-    return {
+    result = {
         "top1": 100.0 * totals[0].item() / max(count, 1),
         "top5": 100.0 * totals[1].item() / max(count, 1),
         "loss": totals[3].item() / max(count, 1),
         "count": count,
         "skipped": int(totals[4].item()),
     }
+    if criterion is None:  # nothing was measured: no figure rather than a zero
+        del result["loss"]
+    return result

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from torch import nn
 
 from litv2cli.config import Recipe
 from litv2cli.engine import eval_transform
@@ -29,7 +30,10 @@ def run_evaluation(spec: RunSpec) -> dict:
                          alpha=recipe.alpha, local_ws=tuple(recipe.window))
     load_into(model, read_state_dict(spec.init_from), source=str(spec.init_from), allow_new_head=False)
     model = accelerator.prepare(model)
-    result = evaluate(accelerator, model, dataset, batch_size=recipe.batch_size, workers=spec.workers)
+    # The loss training's evaluation reports (engine.run_eval): plain cross-entropy, summed, then
+    # averaged over every image of every process.
+    result = evaluate(accelerator, model, dataset, batch_size=recipe.batch_size, workers=spec.workers,
+                      criterion=nn.CrossEntropyLoss(reduction="sum"))
     result.update(checkpoint=str(spec.init_from), resolution=f"{recipe.res[0]}x{recipe.res[1]}",
                   crop_pct=recipe.eval_crop_pct, processes=accelerator.num_processes)
     if accelerator.is_main_process and spec.output:

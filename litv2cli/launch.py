@@ -26,11 +26,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from litv2cli.config import package_file
 from litv2cli.errors import UserError
 
 ERROR_DIR_VARIABLE = "LITV2_ERROR_DIR"  # where launched ranks report their errors
 KILL_AFTER_ERROR_S = 5.0  # how long the other ranks get to end by themselves once one has failed
-ACCELERATE_CONFIG = Path(__file__).resolve().parent.parent / "accelerate_config.yaml"
+ACCELERATE_CONFIG = package_file("accelerate_config.yaml")  # the top-level one in a checkout links here
 
 
 @dataclass(frozen=True)

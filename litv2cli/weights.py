@@ -21,7 +21,11 @@ HEAD_KEYS = ("head.weight", "head.bias")
 
 @dataclass
 class LoadReport:
-    """What happened to each key when weights were loaded into a model."""
+    """What happened to each key when weights were loaded into a model: each key is in one list.
+
+    loaded: the model's tensor now holds the checkpoint's. reinitialised: the model keeps its fresh
+    tensor because the checkpoint's has another shape (a head for other classes). ignored: the
+    checkpoint holds it, the model has no such key."""
 
     loaded: list[str] = field(default_factory=list)
     reinitialised: list[str] = field(default_factory=list)
@@ -144,7 +148,7 @@ def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], *, source: 
                 f"{source}: its head has {state_dict['head.weight'].shape[0]} classes, the model "
                 f"{own['head.weight'].shape[0]}; pass --num-classes to re-initialise the head")
         report.reinitialised = [k for k in HEAD_KEYS if k in own]
-        report.ignored = [k for k in HEAD_KEYS if k in state_dict]
+        report.ignored = [k for k in HEAD_KEYS if k in state_dict and k not in own]
         state_dict = {k: v for k, v in state_dict.items() if k not in HEAD_KEYS}
     missing = sorted(set(own) - set(state_dict) - set(report.reinitialised))
     unexpected = sorted(set(state_dict) - set(own))

@@ -4,8 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from litv2cli.config import RECIPES_DIR, Recipe, load_recipe, save_recipe
+from litv2cli import config
+from litv2cli.cli.train import _pretrain_base
+from litv2cli.config import (DEMO_RECIPE, PAPER_VARIANTS, RECIPES_DIR, VARIANT_NAMES, Recipe, default_recipe,
+                             load_recipe, save_recipe)
 from litv2cli.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
 
 SHIPPED = sorted(RECIPES_DIR.glob("*.yaml"))
 
@@ -96,3 +101,49 @@ def test_base_key_inherits_and_overrides(tmp_path: Path):
     (tmp_path / "child.yaml").write_text("base: parent.yaml\nepochs: 20\n")
     recipe = load_recipe(tmp_path / "child.yaml")
     assert (recipe.variant, recipe.epochs, recipe.warmup_epochs) == ("m", 20, 1)
+
+
+def test_recipes_ship_inside_the_package_and_the_top_level_folder_is_the_same_one():
+    assert RECIPES_DIR.parent == Path(config.__file__).parent
+    assert (REPO / "recipes").resolve() == RECIPES_DIR.resolve()
+    assert (REPO / "accelerate_config.yaml").resolve() == config.package_file("accelerate_config.yaml").resolve()
+
+
+def test_variant_names_without_torch_match_the_model_registry():
+    from litv2cli.models import VARIANTS
+
+    assert VARIANT_NAMES == tuple(VARIANTS)
+
+
+@pytest.mark.parametrize("variant", PAPER_VARIANTS)
+def test_a_paper_variant_starts_from_its_shipped_recipe(variant):
+    assert default_recipe(variant) == load_recipe(RECIPES_DIR / f"litv2-{variant}.yaml")
+
+
+def test_a_missing_shipped_recipe_is_an_error_not_the_defaults(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "RECIPES_DIR", tmp_path)
+    with pytest.raises(UserError, match="litv2-m.yaml is missing"):
+        default_recipe("m")
+
+
+def test_litv2_t_has_no_paper_recipe_and_starts_from_the_defaults():
+    assert not (RECIPES_DIR / "litv2-t.yaml").exists()
+    assert default_recipe("t") == Recipe(variant="t")
+
+
+@pytest.mark.parametrize("variant, data, expected, says", [
+    (None, "demo", DEMO_RECIPE, "demo recipe"),
+    ("t", "demo", DEMO_RECIPE, "demo recipe"),
+    ("m", "demo", "litv2-m.yaml", "paper's ImageNet recipe for LITv2-M"),
+    (None, "/data/imagenet", "litv2-s.yaml", None),
+    ("b", "/data/imagenet", "litv2-b.yaml", None),
+])
+def test_pretraining_without_a_recipe_picks_and_names_one(variant, data, expected, says):
+    recipe, line = _pretrain_base(variant, data)
+    assert recipe == load_recipe(RECIPES_DIR / expected)
+    assert (line is None) if says is None else (says in line)
+
+
+def test_litv2_t_on_real_data_says_it_takes_the_defaults():
+    recipe, line = _pretrain_base("t", "/data/imagenet")
+    assert recipe == Recipe(variant="t") and "no paper recipe" in line

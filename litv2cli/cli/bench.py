@@ -9,7 +9,6 @@ from typing import Annotated
 
 import click
 import typer
-from rich.console import Console
 
 from litv2cli.cli.options import JsonOutput, check_choice, check_variant, parse_resolution
 from litv2cli.errors import UserError
@@ -121,6 +120,8 @@ def _settings(batch_size, warmup, repeats, dtype, compile, compile_mode, memory,
 
 
 def _progress(quiet: bool):
+    from rich.console import Console
+
     console = Console(stderr=True)
     return (lambda message: None) if quiet else (lambda message: console.print(f"[dim]{message}[/dim]"))
 
@@ -141,6 +142,8 @@ def _finish(stem: str, title: str, rows: list[dict], protocol: str, output: Path
     if json_output:
         typer.echo(json.dumps(payload))
         return
+    from rich.console import Console
+
     console = Console()
     console.print(render_table(title, rows, MODEL_COLUMNS if stem == "models" else ATTENTION_COLUMNS, protocol))
     for path in written:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from litv2cli.cli.options import Alpha, JsonOutput, Resolution, Variant, Window, check_alpha, check_variant, \
     parse_resolution, parse_window
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 app = typer.Typer()
 
@@ -28,23 +30,29 @@ def info(
 
     [bold]--variant all[/bold] lists every variant (with --json: one object keyed by variant).
     """
-    from litv2cli.models import VARIANTS, describe
+    from litv2cli.config import VARIANT_NAMES
 
     resolution = parse_resolution(res)
     checked_alpha = check_alpha(alpha)
     local_ws = parse_window(window)
-    names = list(VARIANTS) if variant.lower() == "all" else [check_variant(variant)]
+    names = list(VARIANT_NAMES) if variant.lower() == "all" else [check_variant(variant)]
+    from litv2cli.models import describe  # after the checks: bad input is refused without torch
+
     reports = {name: describe(name, resolution, DEFAULT_ALPHA if checked_alpha is None else checked_alpha, local_ws)
                for name in names}
     if json_output:
         typer.echo(json.dumps(reports[names[0]] if len(names) == 1 else reports))
         return
+    from rich.console import Console
+
     console = Console()
     for report in reports.values():
         console.print(_table(report))
 
 
 def _table(report: dict) -> Table:
+    from rich.table import Table
+
     height, width = report["resolution"]
     origin = "" if report["from_paper"] else " (ours, not from the paper)"
     table = Table(

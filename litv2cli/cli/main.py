@@ -1,8 +1,14 @@
-"""Entry point: composes the command groups and turns user errors into one line and exit 2."""
+"""Entry point: composes the command groups and turns user errors into one line and exit 2.
+
+Importing this module imports no torch: the command modules import what they use inside their
+functions, so `litv2 --help`, `litv2 --version` and most bad input answer at once (the console
+script also skips the model registration, see litv2_command.py).
+"""
 
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import click
 import typer
@@ -17,6 +23,22 @@ app = typer.Typer(
     rich_markup_mode="rich",
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from litv2cli import __version__
+
+        typer.echo(f"litv2 {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Train, fine-tune, search and benchmark LITv2 vision transformers (HiLo attention)."""
 
 
 def _register_commands() -> None:
@@ -45,8 +67,8 @@ INTERRUPTED = 130  # exit status of a command stopped by Ctrl-C (128 + SIGINT)
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; user mistakes print `litv2: error: ...` and give 2."""
-    command = typer.main.get_command(app)
     try:
+        command = typer.main.get_command(app)
         result = command.main(args=argv, prog_name="litv2", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc))

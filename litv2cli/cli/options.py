@@ -82,9 +82,10 @@ def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
 
 
 def check_variant(variant: str) -> str:
-    from litv2cli.models import VARIANTS
+    # The names without the models (and torch): a wrong one is refused at once.
+    from litv2cli.config import VARIANT_NAMES
 
     name = variant.lower().removeprefix("litv2-").removeprefix("litv2_")
-    if name not in VARIANTS:
-        raise UserError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if name not in VARIANT_NAMES:
+        raise UserError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANT_NAMES)}")
     return name

@@ -155,6 +155,8 @@ def search(
     for name in variants:  # every space is validated before anything is measured
         build_space(name, VARIANTS[name].num_heads, alphas=alpha, windows=window, per_stage_window=per_stage_window,
                     resolution=resolution)
+    if not no_recipes:
+        _check_not_the_shipped_recipes(recipes_dir, variants)
     config = SearchConfig(
         objectives=objectives, variants=variants, alphas=alpha, windows=window, per_stage_window=per_stage_window,
         resolution=resolution, batch_size=batch_size, mode=mode, warmup=warmup, repeats=repeats, device=device,
@@ -183,6 +185,19 @@ def search(
             console.print(f"  {kind}: {path}")
     console.print("[dim]Note: LITv2-S ImageNet top-1 spans only 0.22 points over alpha 0.2-1.0; no cheap proxy "
                   "resolves that, so within that band let the measured speed decide.[/dim]")
+
+
+def _check_not_the_shipped_recipes(recipes_dir: Path, variants: tuple[str, ...]) -> None:
+    """In a checkout, the default `recipes` is the package's own recipes folder (the top-level link):
+    a searched recipe written there would replace the paper's, and every later default run with it."""
+    from litv2cli.config import RECIPES_DIR
+
+    if recipes_dir.resolve() != RECIPES_DIR.resolve():
+        return
+    shipped = [f"litv2-{name}.yaml" for name in variants if (RECIPES_DIR / f"litv2-{name}.yaml").is_file()]
+    if shipped:
+        raise UserError(f"--recipes-dir {recipes_dir} is the package's recipes folder ({RECIPES_DIR}): the searched "
+                        f"recipe would replace the shipped {shipped[0]}; pass another --recipes-dir")
 
 
 def _front_table(result, config):

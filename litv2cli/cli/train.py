@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from litv2cli.cli.options import (Alpha, JsonOutput, Window, check_alpha, check_choice, check_variant, parse_resolution,
                                   parse_window)
-from litv2cli.config import RECIPES_DIR, Recipe, default_recipe, load_recipe
 from litv2cli.errors import UserError
+
+if TYPE_CHECKING:
+    from litv2cli.config import Recipe
 
 app = typer.Typer()
 
@@ -102,6 +104,7 @@ def _launch_and_spec(*, recipe: Recipe, data, image_column, label_column, stream
                      compile, grad_ckpt, channels_last, precision, skip_nonfinite, no_progress, init_from, prefix,
                      log_every=10, epochs=None):
     from litv2cli import dsconfig, launch, runner
+    from litv2cli.config import Recipe
     from litv2cli.data import describe_source
     from litv2cli.runs import RunSpec, default_run_dir
 
@@ -163,13 +166,17 @@ def pretrain(
     alpha: Alpha = None, window: Window = None, ema: Ema = False, precision: Precision = "auto",
     skip_nonfinite: SkipNonFinite = 0, no_progress: NoProgress = False, log_every: LogEvery = 10,
 ) -> int:
-    """Pretrain LITv2 (ImageNet recipe of the paper by default) on 1..N processes and nodes."""
+    """Pretrain LITv2 (the paper's ImageNet recipe; with --data demo, the demo's) on 1..N processes and nodes."""
+    from litv2cli.config import load_recipe
+
     if recipe is not None:
         base = load_recipe(recipe)
         if variant is not None:
             base = base.with_overrides(variant=check_variant(variant))
     else:
-        base = default_recipe(check_variant(variant or "s"))
+        base, origin = _pretrain_base(check_variant(variant) if variant is not None else None, data)
+        if origin:
+            typer.echo(origin)
     built = _build_recipe(base, res=res, batch_size=batch_size, accum=accum, epochs=epochs, lr=lr, seed=seed,
                           alpha=alpha, window=window, ema=ema)
     return _launch_and_spec(
@@ -181,14 +188,35 @@ def pretrain(
         epochs=epochs)
 
 
+def _pretrain_base(variant: str | None, data: str | None) -> tuple[Recipe, str | None]:
+    """The recipe of a pretraining without --recipe, and a line saying which it is when that is not
+    the obvious one. A named S, M or B variant takes the paper's recipe, also on the demo data;
+    otherwise `--data demo` takes the demo recipe (LITv2-T, minutes on a CPU) and other data the
+    paper's S recipe (LITv2-T, ours, has no paper recipe: the defaults with its sizes)."""
+    from litv2cli.config import DEMO_RECIPE, PAPER_VARIANTS, RECIPES_DIR, default_recipe, shipped_recipe
+
+    if data == "demo" and variant in (None, "t"):
+        return shipped_recipe(DEMO_RECIPE), f"--data demo without --recipe: the demo recipe {RECIPES_DIR / DEMO_RECIPE}"
+    if variant is None:
+        return default_recipe("s"), None
+    if variant in PAPER_VARIANTS:
+        line = (f"--data demo with --variant {variant}: the paper's ImageNet recipe for LITv2-{variant.upper()} "
+                f"(pass --recipe {RECIPES_DIR / DEMO_RECIPE} for the demo's)") if data == "demo" else None
+        return default_recipe(variant), line
+    return default_recipe(variant), (f"LITv2-{variant.upper()} has no paper recipe: the defaults (the paper's "
+                                     "LITv2-S recipe) with its sizes")
+
+
 def _finetune_base(source, variant: str, recipe_path: Path | None, resolution: tuple[int, int]) -> Recipe:
     """The fine-tune recipe: the user's, else a shipped one for this variant and size, else the
     official 384 fine-tune schedule applied to this variant's architecture settings."""
+    from litv2cli.config import RECIPES_DIR, default_recipe, load_recipe, shipped_recipe
+
     if recipe_path is not None:
         base = load_recipe(recipe_path)
     else:
-        shipped = RECIPES_DIR / f"litv2-{variant}-{resolution[0]}-finetune.yaml"
-        base = load_recipe(shipped if shipped.is_file() else RECIPES_DIR / "litv2-b-384-finetune.yaml")
+        name = f"litv2-{variant}-{resolution[0]}-finetune.yaml"
+        base = shipped_recipe(name if (RECIPES_DIR / name).is_file() else "litv2-b-384-finetune.yaml")
     arch = source.recipe or default_recipe(variant)
     return base.with_overrides(variant=variant, alpha=arch.alpha, window=arch.window, drop_path=arch.drop_path,
                                res=resolution)
@@ -211,13 +239,13 @@ def finetune(
     skip_nonfinite: SkipNonFinite = 0, no_progress: NoProgress = False, log_every: LogEvery = 10,
 ) -> int:
     """Fine-tune a checkpoint at a new resolution and/or on new classes (same engine as pretrain)."""
+    resolution = parse_resolution(res)
+    if num_classes is not None and num_classes < 1:
+        raise UserError(f"--num-classes {num_classes} must be at least 1")
     from litv2cli.models import create_model
     from litv2cli.sources import inspect_checkpoint
     from litv2cli.weights import load_into
 
-    resolution = parse_resolution(res)
-    if num_classes is not None and num_classes < 1:
-        raise UserError(f"--num-classes {num_classes} must be at least 1")
     source = inspect_checkpoint(from_, variant=check_variant(variant) if variant else None)
     base = _finetune_base(source, source.variant, recipe, resolution)
     built = _build_recipe(base, res=None, batch_size=batch_size, accum=accum, epochs=epochs, lr=lr, seed=seed,
@@ -251,6 +279,7 @@ def evaluate_command(
     import tempfile
 
     from litv2cli import launch, runner
+    from litv2cli.config import default_recipe
     from litv2cli.data import describe_source
     from litv2cli.runs import RunSpec
     from litv2cli.sources import inspect_checkpoint
@@ -283,7 +312,7 @@ def evaluate_command(
         typer.echo(json.dumps(result))
     else:
         unreadable = f"; {result['skipped']} unreadable images skipped" if result.get("skipped") else ""
-        typer.echo(f"{checkpoint}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  on {result['count']} "
-                   f"images at {result['resolution']} (crop_pct {result['crop_pct']}, {result['processes']} "
-                   f"process(es){unreadable})")
+        typer.echo(f"{checkpoint}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
+                   f"loss {result['loss']:.4f}  on {result['count']} images at {result['resolution']} (crop_pct {result['crop_pct']}, "
+                   f"{result['processes']} process(es){unreadable})")
     return 0
