@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from litv2cli.config import Recipe, save_recipe
@@ -23,8 +24,9 @@ def prepare_run_dir(output: Path, *, resuming: bool, first_process: bool = True)
     Without --resume, any file of a run counts: a run killed before its first checkpoint still
     has its config, spec and metrics, which a new run would overwrite or append to. The other
     commands of a job (other nodes, other srun tasks) may share the first one's --output, where
-    it has just written the config and spec of this very run: for them only what training
-    writes counts (training cannot have started without them)."""
+    it may have just written the config and spec of this very run: for them only what training
+    writes counts (training cannot have started without them). They write neither file there
+    (`start`), so the first never takes theirs for an older run."""
     names = RUN_FILES if first_process else TRAINING_FILES
     found = [name for name in names if (output / name).exists()] if output.is_dir() and not resuming else []
     if found:
@@ -34,10 +36,17 @@ def prepare_run_dir(output: Path, *, resuming: bool, first_process: bool = True)
 
 
 def start(spec: RunSpec, recipe: Recipe, launch: LaunchPlan) -> int:
-    """Write `config.yaml` and `run.json`, then run the workers; returns their exit code."""
+    """Write `config.yaml` and `run.json`, then run the workers; returns their exit code. The
+    job's other commands hand their workers the spec in a file of their own, removed at the end."""
     output = Path(spec.output)
-    save_recipe(recipe, output / "config.yaml")
-    return run(spec, launch, output / "run.json")
+    if launch.first_process:
+        save_recipe(recipe, output / "config.yaml")
+        return run(spec, launch, output / "run.json")
+    private = output / f".run-{os.getpid()}.json"
+    try:
+        return run(spec, launch, private)
+    finally:
+        private.unlink(missing_ok=True)
 
 
 def run(spec: RunSpec, launch: LaunchPlan, run_json: Path) -> int:
