@@ -73,8 +73,10 @@ def test_a_command_that_needs_the_models_registers_them():
 
 
 def test_ctrl_c_while_torch_loads_is_one_line_and_exit_130():
+    # A terminal's Ctrl-C: SIGINT at its default (a test run in the background inherits it ignored).
     command = subprocess.Popen([str(SCRIPT), "info", "--variant", "s"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(0.5)  # the CLI has loaded; torch (seconds) has not
     command.send_signal(signal.SIGINT)
     _, stderr = command.communicate(timeout=60)

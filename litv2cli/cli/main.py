@@ -7,6 +7,7 @@ script also skips the model registration, see litv2_command.py).
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Annotated
 
@@ -65,8 +66,27 @@ _register_commands()
 INTERRUPTED = 130  # exit status of a command stopped by Ctrl-C (128 + SIGINT)
 
 
+class _CtrlC:
+    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered: a library that catches
+    everything around an optional import (torch's and timm's imports have such blocks) can
+    swallow the exception, and the command would then run to its end as if never stopped."""
+
+    seen = False
+
+    @classmethod
+    def install(cls) -> None:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when ignored
+            signal.signal(signal.SIGINT, cls.handle)
+
+    @classmethod
+    def handle(cls, signum: int, frame: object) -> None:
+        cls.seen = True
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; user mistakes print `litv2: error: ...` and give 2."""
+    _CtrlC.install()
     try:
         command = typer.main.get_command(app)
         result = command.main(args=argv, prog_name="litv2", standalone_mode=False)
@@ -83,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except (click.exceptions.Abort, KeyboardInterrupt):
         return _interrupted()
-    if result == INTERRUPTED:  # recent typer catches Ctrl-C itself and returns this code, silently
+    except Exception:
+        if _CtrlC.seen:  # what an interrupted import left half-done failed next: the cause was Ctrl-C
+            return _interrupted()
+        raise
+    if result == INTERRUPTED or _CtrlC.seen:  # recent typer returns this code on Ctrl-C, silently
         return _interrupted()
     return result if isinstance(result, int) else 0
 
