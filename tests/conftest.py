@@ -12,6 +12,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.pop("LITV2_STORAGE", None)  # a developer's own search server must not stand in for the tests' storage
 if "LITV2_CACHE_DIR" not in os.environ:
     os.environ["LITV2_CACHE_DIR"] = tempfile.mkdtemp(prefix="litv2-test-cache-")
     atexit.register(shutil.rmtree, os.environ["LITV2_CACHE_DIR"], ignore_errors=True)

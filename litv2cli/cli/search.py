@@ -48,9 +48,11 @@ Sampler = Annotated[str, typer.Option("--sampler", help="grid (every point), or 
 Trials = Annotated[int | None, typer.Option("--trials", min=1, help="Stop when the study holds this many evaluated "
                                             "points (default: all).")]
 RetryFailed = Annotated[bool, typer.Option("--retry-failed", help="Evaluate again the points that failed before.")]
-Storage = Annotated[str | None, typer.Option("--storage", help="Optuna storage URL (default sqlite in --output), or a "
-                                             "journal file (journal:PATH or PATH.log) for workers on a shared "
-                                             "filesystem.")]
+Storage = Annotated[str | None, typer.Option("--storage", help="Optuna storage URL (default: $LITV2_STORAGE if set, "
+                                             "else sqlite in --output): sqlite:///file.db, postgresql+psycopg://user:"
+                                             "pass@host/db, a journal file (journal:PATH or PATH.log) for workers on a "
+                                             "shared filesystem, or env:NAME to read the URL from the environment "
+                                             "variable NAME, keeping a password out of ps and shell history.")]
 Study = Annotated[str | None, typer.Option("--study", help="Study name (default from variant, resolution, batch, mode "
                                            "and proxy); one per variant.")]
 RecipesDir = Annotated[Path, typer.Option("--recipes-dir", help="Where litv2-<variant>.yaml is written.")]

@@ -1,9 +1,9 @@
 """`litv2 search`: hardware-aware search over HiLo's alpha and window size, with Optuna.
 
 One concept per module: `space` (the points), `proxies` (zero-cost scores), `evaluate` (one
-point measured), `train_proxy` (one point trained briefly), `study` (storage and the worker
-loop), `pareto` (front, pick rule, tables, plot), `recipes` (the written recipe), and
-`runner`, which ties them into `run_search`.
+point measured), `train_proxy` (one point trained briefly), `storage` (which storage, opened
+how, its password masked), `study` (the worker loop), `pareto` (front, pick rule, tables,
+plot), `recipes` (the written recipe), and `runner`, which ties them into `run_search`.
 """
 
 from litv2cli.search.runner import SearchConfig, VariantResult, run_search

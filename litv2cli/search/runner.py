@@ -52,9 +52,10 @@ from litv2cli.search.objectives import MEASURED, OBJECTIVES, Objective
 from litv2cli.search.proxies import DEFAULT_PROXIES, combine_by_rank
 from litv2cli.search.recipes import FLAT_ACCURACY_NOTE, build_provenance, write_searched_recipe
 from litv2cli.search.space import DEFAULT_ALPHAS, DEFAULT_WINDOWS, Point, SearchSpace, build_space, paper_default_label
+from litv2cli.search.storage import lost_storage, open_storage, redact, resolve_storage_url
 from litv2cli.search.study import (
-    FAIL_REASON, GRACE_PERIOD_S, WorkerReport, default_storage_url, fail_stale_trials,
-    final_trials, make_sampler, open_storage, open_study, point_status, redact, run_points,
+    FAIL_REASON, GRACE_PERIOD_S, WorkerReport, fail_stale_trials, final_trials, make_sampler, open_study, point_status,
+    run_points,
 )
 from litv2cli.search.train_proxy import TrainBudget, train_point
 
@@ -140,6 +141,7 @@ def run_search(config: SearchConfig, *, say: Callable[[str], None] = print) -> l
         raise UserError("--proxy train needs a training budget")
     config = with_resolved_precision(config)
     # Everything the user can get wrong is checked before the first file is written.
+    storage_url = resolve_storage_url(config.storage, config.output)
     check_creatable_dir(config.output)
     if config.recipes_dir is not None:
         check_creatable_dir(config.recipes_dir, "--recipes-dir")
@@ -147,7 +149,6 @@ def run_search(config: SearchConfig, *, say: Callable[[str], None] = print) -> l
     if config.wants_top1 and config.proxy == "train":
         describe_source(config.data)
     make_dir(config.output)
-    storage_url = config.storage or default_storage_url(config.output)
     storage = open_storage(storage_url)
     results = []
     try:
@@ -157,6 +158,11 @@ def run_search(config: SearchConfig, *, say: Callable[[str], None] = print) -> l
     except KeyboardInterrupt:
         say(f"interrupted: the study is kept in {redact(storage_url)}; run the same command again to continue it")
         raise
+    except Exception as exc:
+        lost = lost_storage(exc, storage_url)  # the database went away mid-search: one line, not a traceback
+        if lost is None:
+            raise
+        raise lost from None
     return results
 
 

@@ -3,10 +3,8 @@
 The study's state lives in the storage, so any process can pick up the work: re-running the
 same command continues the study, and several processes on one study split the points.
 
-- Storage: SQLite in the output directory by default (`sqlite:///<output>/search.db`), any
-  Optuna RDB URL (PostgreSQL, MySQL), or an append-only journal file (`journal:PATH` or a path
-  ending in `.log`, Optuna's `JournalFileBackend`) for many workers on a shared filesystem,
-  where SQLite's locking is unsafe.
+- Storage: any of `litv2cli.search.storage` (SQLite, an Optuna RDB URL such as PostgreSQL, a
+  journal file); every rule below holds on each.
 - Heartbeats, the same on every storage: a running trial's worker writes the time into the
   trial's user attribute `heartbeat` every 30 s. A RUNNING trial silent for the grace period
   (120 s; counted from its start if it never beat) belongs to a dead worker: any worker marks it
@@ -33,14 +31,11 @@ import json
 import logging
 import math
 import random
-import re
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -48,6 +43,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from litv2cli.errors import UserError
 from litv2cli.search.space import Point
+from litv2cli.search.storage import default_storage_url, open_storage, redact  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -58,89 +54,8 @@ INTERRUPTED = "interrupted"
 HEARTBEAT = "heartbeat"  # user attribute: epoch seconds of the worker's last sign of life
 HEARTBEAT_INTERVAL_S = 30
 GRACE_PERIOD_S = 120
-# Errors (lower case) of processes creating or using one database at once, worth another try.
-# Any error is retried while a new SQLite file is being created; others are final.
-TRANSIENT = ("locked", "busy", "already exists", "unique constraint", "duplicate key", "schema has changed",
-             "no longer compatible")
 
 Evaluate = Callable[[optuna.Trial, Point], Sequence[float] | float]
-
-
-def default_storage_url(output: Path) -> str:
-    return f"sqlite:///{Path(output).resolve() / 'search.db'}"
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced, for logs and recipes' provenance."""
-    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
-
-
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage for `url`: `journal:PATH` or `*.log` -> journal file, else an RDB URL."""
-    from optuna.storages import JournalStorage, RDBStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    if url.startswith("journal:") or (url.endswith(".log") and "://" not in url):
-        path = Path(url.removeprefix("journal:")).expanduser()
-        if not path.parent.is_dir():
-            raise UserError(f"--storage {url}: directory {path.parent} does not exist")
-        _check_journal(path, url)
-        try:
-            storage = JournalStorage(JournalFileBackend(str(path)))
-            storage.get_all_studies()  # replays the log: a damaged one fails here, not mid-search
-        except OSError as exc:
-            raise UserError(f"cannot open storage {url}: {exc.strerror or exc}") from None
-        except Exception as exc:
-            raise UserError(f"cannot open storage {url}: not a readable Optuna journal ({_one_line(exc)})") from None
-        return storage
-    if "://" not in url:
-        raise UserError(f"--storage {url!r}: give an Optuna storage URL (sqlite:///file.db, postgresql://...) "
-                        "or a journal file (journal:PATH or PATH.log)")
-    engine_kwargs: dict[str, Any] = {}
-    new_database = False  # a new SQLite file: other processes may be creating its tables right now
-    if url.startswith("sqlite"):
-        # Several local processes share one SQLite file: wait for its lock instead of failing.
-        engine_kwargs["connect_args"] = {"timeout": 300}
-        database = Path(url.split(":///", 1)[-1])
-        if url.count("/") >= 3 and not database.parent.is_dir():
-            raise UserError(f"--storage {url}: directory {database.parent} does not exist")
-        new_database = not database.exists() or (database.is_file() and database.stat().st_size == 0)
-    last_error: Exception | None = None
-    for attempt in range(5):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(url, engine_kwargs=engine_kwargs)
-        except ImportError as exc:
-            raise UserError(f"--storage {redact(url)}: its database driver is not installed ({exc})") from None
-        except Exception as exc:  # sqlalchemy's OperationalError and friends
-            last_error = exc
-            if not new_database and not any(sign in str(exc).lower() for sign in TRANSIENT):
-                break  # not a database, no server, bad credentials: trying again will not help
-            time.sleep(0.5 + random.random() * attempt)
-    raise UserError(f"cannot open storage {redact(url)}: {_one_line(last_error)}")
-
-
-def _check_journal(path: Path, url: str) -> None:
-    """Refuse a path that is not an Optuna journal before Optuna appends to it: its reader skips a
-    first line without a newline, and the next write would then corrupt that file for good."""
-    if path.is_dir():
-        raise UserError(f"cannot open storage {url}: {path} is a directory, not a journal file")
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    try:
-        with path.open("rb") as file:
-            head = file.read(1 << 16)
-    except OSError as exc:
-        raise UserError(f"cannot open storage {url}: {exc.strerror or exc}") from None
-    first = head.split(b"\n", 1)[0]
-    try:
-        record = json.loads(first) if b"\n" in head else None
-    except ValueError:
-        record = None
-    if not isinstance(record, dict) or "op_code" not in record:
-        raise UserError(f"cannot open storage {url}: {path} is not an Optuna journal file (its first line is not a "
-                        "journal record); left unchanged")
 
 
 def open_study(storage: optuna.storages.BaseStorage, name: str, *, directions: Sequence[str],
