@@ -182,6 +182,7 @@ def with_resolved_precision(config: SearchConfig) -> SearchConfig:
 
 
 _stop_asked = False  # set by the handlers below; read between measurements (`stop_if_asked`)
+_interruptible = 0  # > 0 while a point is measured or trained (`interruptible`)
 
 
 @contextmanager
@@ -203,7 +204,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
     def interrupt(signum: int, frame: Any) -> None:
         global _stop_asked
         _stop_asked = True
-        raise KeyboardInterrupt
+        if _interruptible:
+            raise KeyboardInterrupt
 
     def unraisable(report: Any) -> None:
         if not (_stop_asked and isinstance(report.exc_value, KeyboardInterrupt)):
@@ -224,6 +226,22 @@ def stop_if_asked() -> None:
     """Raise the interrupt that Ctrl-C or SIGTERM asked for, should Python have swallowed it."""
     if _stop_asked:
         raise KeyboardInterrupt
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Where the handlers raise the interrupt at once: measuring or training a point, which
+    holds no storage transaction. Elsewhere (Optuna's bookkeeping, SQLAlchemy) they only set the
+    flag, read at the next `stop_if_asked`: an exception in the middle of a transaction would
+    leave its connection holding the SQLite lock, and the trial's last write would wait on it."""
+    global _interruptible
+    stop_if_asked()
+    _interruptible += 1
+    try:
+        yield
+    finally:
+        _interruptible -= 1
+    stop_if_asked()
 
 
 def search_variant(config: SearchConfig, space: SearchSpace, storage: optuna.storages.BaseStorage, storage_url: str,
@@ -255,9 +273,8 @@ def search_variant(config: SearchConfig, space: SearchSpace, storage: optuna.sto
         f"study {name!r} in {redact(storage_url)}")
 
     def evaluate(trial: optuna.Trial, point: Point) -> tuple[float, ...]:
-        stop_if_asked()
-        metrics = measure_point(point, settings, proxy)
-        stop_if_asked()
+        with interruptible():
+            metrics = measure_point(point, settings, proxy)
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
         return tuple(float(metrics[n]) for n in measured)
@@ -401,7 +418,8 @@ def _check_drift(study: optuna.Study, rows: list[pareto.Row], points: list[Point
         return previous
     first = min(mine, key=lambda r: r.details["trial"])
     point = next(p for p in points if p.label == first.label)
-    again = remeasure_throughput(point, settings)
+    with interruptible():
+        again = remeasure_throughput(point, settings)
     change = again / first.values["throughput"] - 1.0
     check = {"label": first.label, "first": first.values["throughput"], "again": again, "change": change,
              "points_between": len(mine) - 1, "date": datetime.now().isoformat(timespec="seconds")}
@@ -488,7 +506,7 @@ def _train_phase(config: SearchConfig, variant: str, name: str, points: list[Poi
         # (stderr under --json, so that stdout stays one JSON object).
         writer = _SayWriter(say, indent="    ")
         try:
-            with redirect_stdout(writer):
+            with redirect_stdout(writer), interruptible():
                 return train_point(trial, variant, point, budget, run_root / point.label)
         finally:
             writer.flush()

@@ -344,11 +344,15 @@ def _evaluate(trial: optuna.Trial, point: Point, evaluate: Evaluate) -> Sequence
 
 
 def _other_owner(study: optuna.Study, label: str, number: int, retry_before: datetime | None) -> int | None:
-    """The number of another trial that has evaluated, or is evaluating, `label`."""
+    """The number of another trial that has evaluated, or is evaluating, `label`. Of two trials
+    that chose the same point at once and see each other running, the one with the lower number
+    goes on (unless the other has already started: its first heartbeat is written); had each
+    deferred to the other, the point would have been left to nobody."""
     for trial in evaluated_trials(study):
         if trial.number == number or trial.params.get(PARAM) != label:
             continue
-        if trial.state == TrialState.RUNNING or _owns(trial, retry_before):
+        started = trial.number < number or HEARTBEAT in trial.user_attrs
+        if (trial.state == TrialState.RUNNING and started) or _owns(trial, retry_before):
             return trial.number
     return None
 
