@@ -32,7 +32,7 @@ from litv2cli.launch import pin_deepspeed_to_cpu_without_cuda
 from litv2cli.losses import build_loss
 from litv2cli.models import create_model, variant_spec
 from litv2cli.optim import build_optimizer, build_scheduler
-from litv2cli.precision import as_model_input, compute_dtype, step_autocast, resolve_precision
+from litv2cli.precision import as_model_input, compute_dtype, resolve_precision, step_autocast
 from litv2cli.progress import TrainProgress
 from litv2cli.runs import MetricsLog, RunSpec
 from litv2cli.sampler import ResumableDistributedSampler
@@ -201,7 +201,7 @@ def train(spec: RunSpec, *, on_eval: EvalCallback | None = None,
     scheduler = build_scheduler(optimizer, total_steps=total_steps,
                                 warmup_steps=round(recipe.warmup_epochs * steps_per_epoch),
                                 warmup_lr=warmup_lr, min_lr=min_lr)
-    if spec.deepspeed and dsconfig.zero_stage(dsconfig.read_config(Path(spec.deepspeed))) == 3:
+    if spec.deepspeed and accelerator.state.deepspeed_plugin.zero_stage == 3:
         gather_with_owner(model)
     if spec.compile:
         model = torch.compile(model)

@@ -11,6 +11,7 @@ import torch
 from litv2cli.fresh_process import omp_wait_policy
 from litv2cli.measure import default_device, device_name
 from litv2cli.models import native
+from litv2cli.precision import autocast_dtype
 
 # The paper's protocol on a GPU (batch 64, median of 30 steps, mixed precision); on a 2-core CPU
 # the same table must finish in minutes, so the batch shrinks there (and --repeats can cut the
@@ -69,7 +70,7 @@ def default_settings(*, batch_size: int | None = None, warmup: int | None = None
     device = device or default_device()
     defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
     if dtype == "auto":
-        autocast = torch.bfloat16 if device.type == "cuda" else None
+        autocast = autocast_dtype("auto", device)  # what training's --precision auto runs
     elif dtype in DTYPE_AUTOCAST:
         autocast = DTYPE_AUTOCAST[dtype]
     else:
