@@ -33,8 +33,9 @@ Compile = Annotated[bool, typer.Option("--compile", help="torch.compile every mo
                                        "measured eager).")]
 CompileMode = Annotated[str, typer.Option("--compile-mode", help="torch.compile mode with --compile: default, "
                                           "reduce-overhead, max-autotune.")]
-Dtype = Annotated[str, typer.Option("--dtype", help="auto (as training: bf16 autocast on a GPU with native bf16, else fp16; float32 on CPU), float32, "
-                                    "or autocast in bfloat16 or float16 (float32 weights).")]
+Dtype = Annotated[str, typer.Option("--dtype", help="auto (as training: bf16 autocast on a GPU with native bf16, "
+                                    "else fp16; float32 on CPU), float32, or autocast in bfloat16 or float16 "
+                                    "(float32 weights).")]
 NoMemory = Annotated[bool, typer.Option("--no-memory", help="Skip the train/test peak-memory measurements.")]
 Plot = Annotated[bool, typer.Option("--plot", help="Also draw a PNG in --output.")]
 Output = Annotated[Path | None, typer.Option("--output", "-o", help="Write CSV and JSON (and the plot) here "
