@@ -14,8 +14,8 @@ from litv2cli.worker import run_spec
 
 
 # Everything a run writes at the top of its directory; what training itself writes.
-RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "checkpoints", "model.safetensors", "model_ema.safetensors")
 TRAINING_FILES = ("checkpoints", "model.safetensors", "model_ema.safetensors")
+RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", *TRAINING_FILES)
 
 
 def prepare_run_dir(output: Path, *, resuming: bool, first_process: bool = True) -> None:
