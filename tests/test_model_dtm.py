@@ -96,3 +96,24 @@ def test_fast_model_equals_reference_model_in_inference_and_training(variant):
         # The absolute term is for the deformable convs' biases: BatchNorm with batch statistics
         # follows them, so their true gradient is 0 and both sides hold rounding noise (~1e-8).
         assert (actual.grad - expected.grad).norm() <= 1e-4 * expected.grad.norm() + 1e-6, name
+
+
+def test_the_gather_form_runs_on_a_cpu_and_torchvision_elsewhere(monkeypatch):
+    """CUDA has no bf16 backward for the gather's weighted embedding_bag, and torchvision's CUDA
+    kernel is the faster one there: a model on any other device must not take the gather."""
+    from litv2cli.models import dtm
+
+    assert dtm.gather_is_faster(torch.zeros(1))
+    assert not dtm.gather_is_faster(torch.zeros(1, device="meta"))
+    calls = []
+    monkeypatch.setattr(dtm, "deform_conv2d_gather", lambda *args, **kwargs: calls.append("gather") or args[0])
+    monkeypatch.setattr(dtm, "gather_is_faster", lambda x: False)
+    layer = DeformConv2d(5, 7).eval()
+    x = torch.randn(2, 5, 8, 8)
+    with torch.no_grad():
+        out = layer(x)
+    assert calls == [] and out.shape == (2, 7, 4, 4)
+    monkeypatch.setattr(dtm, "gather_is_faster", lambda x: True)
+    with torch.no_grad():
+        layer(x)
+    assert calls == ["gather"]

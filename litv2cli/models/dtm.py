@@ -9,9 +9,11 @@ torchvision's CPU kernel builds its im2col buffer one sample at a time, on one c
 of LITv2-S's inference time and over a third of a training step (batch 8, 224, 2 cores).
 `deform_conv2d_gather` computes the same function with ops that run at memory speed: one
 `embedding_bag` gathers and weights the four bilinear neighbours of every sample straight from
-the (B*H*W, C) token rows, in the row layout the GEMM that follows wants. torchvision's op
-stays the reference, and runs whenever the model is exported (ONNX translates it to
-DeformConv) or scripted.
+the (B*H*W, C) token rows, in the row layout the GEMM that follows wants. On a GPU it is the
+other way round: torchvision's CUDA kernel is the faster one, and CUDA has no bf16 backward
+for a weighted `embedding_bag`, so the gather runs on a CPU only (BENCHMARKS.md has both).
+torchvision's op also runs whenever the model is exported (ONNX translates it to DeformConv)
+or scripted.
 """
 
 from __future__ import annotations
@@ -72,7 +74,12 @@ def deform_conv2d_gather(x: torch.Tensor, offset: torch.Tensor, weight: torch.Te
     return out.view(batch, out_h, out_w, out_chans).permute(0, 3, 1, 2)
 
 
-@register_notrace_module  # torch.fx sees one call: the kernel choice depends on dtypes and export
+def gather_is_faster(x: torch.Tensor) -> bool:
+    """Whether `deform_conv2d_gather` beats torchvision's kernel on `x`'s device: on a CPU."""
+    return x.device.type == "cpu"
+
+
+@register_notrace_module  # torch.fx sees one call: the kernel choice depends on device, dtype, export
 class DeformConv2d(nn.Module):
     """Deformable conv that predicts its own offsets (keys `weight`, `bias`, `conv_offset.*`).
     `reference` runs torchvision's kernel instead of the gather; TorchScript always does."""
@@ -94,7 +101,7 @@ class DeformConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         offset = self.conv_offset(x)  # (B, 2*k*k, H/2, W/2)
         if not torch.jit.is_scripting():  # a static test: TorchScript compiles torchvision's op only
-            if not (self.reference or exporting()):
+            if gather_is_faster(x) and not (self.reference or exporting()):
                 return deform_conv2d_gather(x, offset, self.weight, self.bias, stride=self.stride)
         return self.torchvision_deform_conv(x, offset)
 
