@@ -26,8 +26,8 @@ Protocol (state it with every number, see `Measurement.protocol`):
 
 Peak memory (`measure_peak_memory`):
 
-- CUDA: `torch.cuda.max_memory_allocated()` after resetting the peak, one step of the given
-  mode (the paper's protocol). It counts weights, activations and, in train mode, gradients and
+- CUDA: `torch.cuda.max_memory_allocated()` over one step of the given mode, the peak reset
+  after a first step (autotuning workspaces, optimizer state). It counts weights, activations and, in train mode, gradients and
   optimizer state held by PyTorch's allocator.
 - CPU: there is no allocator statistic, so one step runs in a fresh Python process (a
   long-lived process keeps freed pages resident, which would hide the growth). The child
@@ -378,15 +378,20 @@ def _timed_steps(step, repeats: int, device: torch.device) -> list[float]:
 
 def _cuda_peak_memory(model: nn.Module, batch_size: int, resolution: tuple[int, int], *, mode: Mode,
                       device: torch.device, autocast_dtype: torch.dtype | None = None) -> MemoryMeasurement:
+    # One step before the measured one: a process's first step also holds cuDNN's autotuning
+    # workspaces, which made the first model measured in a process look the heaviest
+    # (BENCHMARKS.md, on a GPU), and a training step's optimizer state is made there.
     with on_device(device):
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
         step, _ = _make_step(model, batch_size, resolution, mode=mode, device=device, channels_last=False,
                              autocast_dtype=autocast_dtype)
         step()
         torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
         peak = int(torch.cuda.max_memory_allocated(device))
-    return MemoryMeasurement(peak_bytes=peak, method="torch.cuda.max_memory_allocated after one step",
+    return MemoryMeasurement(peak_bytes=peak, method="torch.cuda.max_memory_allocated in a second step",
                              device=device_name(device), batch_size=batch_size, resolution=tuple(resolution),
                              mode=mode)
 
