@@ -135,7 +135,7 @@ def our_loader(source: str, workers: int, batch_size: int, *, seeded: bool = Fal
     split.set_transform(build_train_transform(RESOLUTION, **RECIPE))
     dataset = split
     if seeded:
-        from litv2cli.seeding import SeededItems
+        from litv2cli.data.seeding import SeededItems
 
         dataset = SeededItems(split, seed=0)
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
@@ -155,7 +155,7 @@ def time_epoch(loader: DataLoader, seed: int) -> tuple[int, float]:
 
 
 def measure(loaders: dict[str, Callable[[], DataLoader]], reps: int) -> dict[str, dict[str, float]]:
-    from litv2cli.measure import interleaved
+    from litv2cli.measure.protocol import interleaved
 
     built = {name: make() for name, make in loaders.items()}
     for loader in built.values():  # warm-up: worker start, page cache, lazy imports

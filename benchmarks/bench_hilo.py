@@ -66,7 +66,7 @@ from collections.abc import Callable  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from litv2cli.measure import interleaved  # noqa: E402
+from litv2cli.measure.protocol import interleaved  # noqa: E402
 from litv2cli.models import HiLo, HiLoReference, create_model, native  # noqa: E402
 from litv2cli.models.dtm import DeformConv2d  # noqa: E402
 

@@ -29,7 +29,7 @@ def main(summary_json: Path, warmup: Annotated[int, typer.Option("--warmup")] = 
          extra: Annotated[str, typer.Option("--extra", help="More point labels, comma-separated.")] = "") -> None:
     import torch
 
-    from litv2cli.measure import measure_throughput_interleaved
+    from litv2cli.measure.protocol import measure_throughput_interleaved
     from litv2cli.models import create_model
 
     summary = json.loads(summary_json.read_text())

@@ -1,6 +1,6 @@
 """How well do the search's accuracy proxies rank configurations? Kendall's tau against longer training.
 
-Protocol (fixed; every step is `litv2cli.search.run_search`, the function behind `litv2 search`):
+Protocol (fixed; every step is `litv2cli.search.runner.run_search`, the function behind `litv2 search`):
 
 1. `zero-cost`: every distinct point of the space scored at initialisation with all four zero-cost
    proxies (naswot, snip, grad_norm, synflow) on the same fixed minibatches of `--data`.
@@ -59,7 +59,7 @@ def stage_dir(output: Path, stage: str, seed: int | None = None) -> Path:
 def run_stage(stage: str, output: Path, *, variant: str, res: int, alphas: str, windows: str, data: str,
               epochs: int | None, seed: int, batch_size: int, lr: float) -> float:
     """One search; returns its wall time in seconds."""
-    from litv2cli.search import SearchConfig, run_search
+    from litv2cli.search.runner import SearchConfig, run_search
     from litv2cli.search.objectives import parse_objectives
     from litv2cli.search.train_proxy import TrainBudget
 

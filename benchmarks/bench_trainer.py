@@ -80,11 +80,11 @@ def bare_loop(args) -> list[float]:
     import torch
     from torch.utils.data import DataLoader, RandomSampler
 
-    from litv2cli.config import load_recipe
+    from litv2cli.recipe import load_recipe
     from litv2cli.data import build_train_transform, collate_skip_corrupt, open_split
-    from litv2cli.losses import build_loss
+    from litv2cli.train.losses import build_loss
     from litv2cli.models import create_model
-    from litv2cli.optim import build_optimizer, build_scheduler
+    from litv2cli.train.optim import build_optimizer, build_scheduler
 
     recipe = load_recipe(RECIPE).model_copy(update={"variant": args.variant, "res": (args.res, args.res),
                                                     "batch_size": args.batch_size})

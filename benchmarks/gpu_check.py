@@ -698,7 +698,7 @@ def fast_and_reference(variant: str, batch: int, res: int, device: str, warmup: 
     import torch
     from torch import nn
 
-    from litv2cli.measure import measure_throughput_interleaved
+    from litv2cli.measure.protocol import measure_throughput_interleaved
     from litv2cli.models import create_model
     from litv2cli.models.dtm import DeformConv2d
     from litv2cli.precision import autocast_dtype
@@ -794,7 +794,7 @@ def search(check: Check) -> tuple[str, dict]:
     dtypes = sorted({p.get("dtype", "?") for p in points})
     auto = check.results.get("precision-auto")
     if auto is not None and auto.status == "PASS":
-        # As litv2cli.measure labels them: "float32", or "float32, autocast bfloat16".
+        # As litv2cli.measure.protocol labels them: "float32", or "float32, autocast bfloat16".
         wanted = {"bf16": "autocast bfloat16", "fp16": "autocast float16", "no": "float32"}[auto.figures["resolved"]]
         if not all(dtype.endswith(wanted) for dtype in dtypes):
             raise Failed(f"--precision auto timed the points in {', '.join(dtypes)}; auto means {wanted} here")
@@ -884,7 +884,7 @@ def environment(device: str) -> dict[str, Any]:
 
     import torch
 
-    from litv2cli.measure import device_name
+    from litv2cli.measure.protocol import device_name
 
     info = dict(python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
                 cudnn=torch.backends.cudnn.version())

@@ -1,9 +1,9 @@
-"""The measurements `litv2 bench` makes, on top of the shared protocol in `litv2cli.measure`:
+"""The measurements `litv2 bench` makes, on top of the shared protocol in `litv2cli.measure.protocol`:
 throughput of several models side by side, and peak memory that reports running out of memory
 (or past the CPU's time budget) as an outcome instead of an exception.
 
 On a CPU, all of a plan's throughput is timed in one fresh process with passive OpenMP waiting
-(`litv2cli.fresh_process` says why: spinning OpenMP workers on shared cores made a 5 ms step
+(`litv2cli.measure.fresh_process` says why: spinning OpenMP workers on shared cores made a 5 ms step
 of LITv2-T take up to 800 ms, and a process's history changes its speed).
 """
 
@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from litv2cli.bench.protocol import BenchSettings
-from litv2cli.fresh_process import call_in_fresh_process
-from litv2cli.measure import Measurement, Mode, measure_peak_memory, measure_throughput_interleaved
+from litv2cli.measure.fresh_process import call_in_fresh_process
+from litv2cli.measure.protocol import Measurement, Mode, measure_peak_memory, measure_throughput_interleaved
 
 OK = "ok"
 OOM = "OOM"

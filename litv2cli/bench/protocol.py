@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from litv2cli.fresh_process import omp_wait_policy
-from litv2cli.measure import default_device, device_name
+from litv2cli.measure.fresh_process import omp_wait_policy
+from litv2cli.measure.protocol import default_device, device_name
 from litv2cli.models import native
 from litv2cli.precision import autocast_dtype
 
@@ -17,7 +17,7 @@ from litv2cli.precision import autocast_dtype
 # the same table must finish in minutes, so the batch shrinks there (and --repeats can cut the
 # steps). A median of a handful of steps on a shared CPU is whatever the neighbours did, so the
 # 30 steps stay the default.
-# A round whose spread is above 10% is measured again (`litv2cli.measure`); on a shared CPU that
+# A round whose spread is above 10% is measured again (`litv2cli.measure.protocol`); on a shared CPU that
 # would triple the run, so there the spread is reported instead.
 GPU_DEFAULTS = dict(batch_size=64, warmup=10, repeats=30, max_rounds=3)
 CPU_DEFAULTS = dict(batch_size=4, warmup=2, repeats=30, max_rounds=1)

@@ -12,7 +12,7 @@ import typer
 
 from litv2cli.cli.options import JsonOutput, check_choice, check_variant, parse_resolution
 from litv2cli.errors import UserError
-from litv2cli.paths import check_creatable_dir
+from litv2cli.run.rundir import check_creatable_dir
 
 app = typer.Typer(name="bench", help="Benchmark speed and memory: LITv2 against its peers, HiLo against other "
                   "attentions.", no_args_is_help=True)

@@ -107,7 +107,7 @@ def _bench(model, path, batch_size: int, resolution: tuple[int, int], threads: i
     import torch
 
     from litv2cli.export import time_onnxruntime_vs_pytorch
-    from litv2cli.measure import MAX_SPREAD
+    from litv2cli.measure.protocol import MAX_SPREAD
 
     result = time_onnxruntime_vs_pytorch(model, {"onnxruntime": path}, batch_size=batch_size,
                                          resolution=resolution, threads=threads, rounds=rounds)

@@ -30,7 +30,7 @@ def info(
 
     [bold]--variant all[/bold] lists every variant (with --json: one object keyed by variant).
     """
-    from litv2cli.config import VARIANT_NAMES
+    from litv2cli.recipe import VARIANT_NAMES
 
     resolution = parse_resolution(res)
     checked_alpha = check_alpha(alpha)

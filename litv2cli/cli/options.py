@@ -83,7 +83,7 @@ def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
 
 def check_variant(variant: str) -> str:
     # The names without the models (and torch): a wrong one is refused at once.
-    from litv2cli.config import VARIANT_NAMES
+    from litv2cli.recipe import VARIANT_NAMES
 
     name = variant.lower().removeprefix("litv2-").removeprefix("litv2_")
     if name not in VARIANT_NAMES:

@@ -121,7 +121,7 @@ def search(
     import optuna
 
     from litv2cli.precision import PRECISIONS
-    from litv2cli.search import SearchConfig, run_search
+    from litv2cli.search.runner import SearchConfig, run_search
     from litv2cli.search.objectives import parse_bytes, parse_objectives
     from litv2cli.search.pareto import check_pick_rule
     from litv2cli.search.proxies import parse_proxies
@@ -192,7 +192,7 @@ def search(
 def _check_not_the_shipped_recipes(recipes_dir: Path, variants: tuple[str, ...]) -> None:
     """In a checkout, the default `recipes` is the package's own recipes folder (the top-level link):
     a searched recipe written there would replace the paper's, and every later default run with it."""
-    from litv2cli.config import RECIPES_DIR
+    from litv2cli.recipe import RECIPES_DIR
 
     if recipes_dir.resolve() != RECIPES_DIR.resolve():
         return

@@ -13,7 +13,7 @@ from litv2cli.cli.options import (Alpha, JsonOutput, Window, check_alpha, check_
 from litv2cli.errors import UserError
 
 if TYPE_CHECKING:
-    from litv2cli.config import Recipe
+    from litv2cli.recipe import Recipe
 
 app = typer.Typer()
 
@@ -103,10 +103,12 @@ def _launch_and_spec(*, recipe: Recipe, data, image_column, label_column, stream
                      main_addr, main_port, deepspeed, workers, output, save_every, keep, resume, log_with, max_steps,
                      compile, grad_ckpt, channels_last, precision, skip_nonfinite, no_progress, init_from, prefix,
                      log_every=10, epochs=None):
-    from litv2cli import dsconfig, launch, runner
-    from litv2cli.config import Recipe
+    from litv2cli.run import launch
+    from litv2cli.run import start as runner
+    from litv2cli.train import deepspeed_config as dsconfig
+    from litv2cli.recipe import Recipe
     from litv2cli.data import describe_source
-    from litv2cli.runs import RunSpec, default_run_dir
+    from litv2cli.train.spec import RunSpec, default_run_dir
 
     if data is None:
         raise UserError("--data is required: 'demo', an ImageFolder root, a saved dataset, Parquet files or a hub id")
@@ -167,7 +169,7 @@ def pretrain(
     skip_nonfinite: SkipNonFinite = 0, no_progress: NoProgress = False, log_every: LogEvery = 10,
 ) -> int:
     """Pretrain LITv2 (the paper's ImageNet recipe; with --data demo, the demo's) on 1..N processes and nodes."""
-    from litv2cli.config import load_recipe
+    from litv2cli.recipe import load_recipe
 
     if recipe is not None:
         base = load_recipe(recipe)
@@ -193,7 +195,7 @@ def _pretrain_base(variant: str | None, data: str | None) -> tuple[Recipe, str |
     the obvious one. A named S, M or B variant takes the paper's recipe, also on the demo data;
     otherwise `--data demo` takes the demo recipe (LITv2-T, minutes on a CPU) and other data the
     paper's S recipe (LITv2-T, ours, has no paper recipe: the defaults with its sizes)."""
-    from litv2cli.config import DEMO_RECIPE, PAPER_VARIANTS, RECIPES_DIR, default_recipe, shipped_recipe
+    from litv2cli.recipe import DEMO_RECIPE, PAPER_VARIANTS, RECIPES_DIR, default_recipe, shipped_recipe
 
     if data == "demo" and variant in (None, "t"):
         return shipped_recipe(DEMO_RECIPE), f"--data demo without --recipe: the demo recipe {RECIPES_DIR / DEMO_RECIPE}"
@@ -210,7 +212,7 @@ def _pretrain_base(variant: str | None, data: str | None) -> tuple[Recipe, str |
 def _finetune_base(source, variant: str, recipe_path: Path | None, resolution: tuple[int, int]) -> Recipe:
     """The fine-tune recipe: the user's, else a shipped one for this variant and size, else the
     official 384 fine-tune schedule applied to this variant's architecture settings."""
-    from litv2cli.config import RECIPES_DIR, default_recipe, load_recipe, shipped_recipe
+    from litv2cli.recipe import RECIPES_DIR, default_recipe, load_recipe, shipped_recipe
 
     if recipe_path is not None:
         base = load_recipe(recipe_path)
@@ -243,8 +245,8 @@ def finetune(
     if num_classes is not None and num_classes < 1:
         raise UserError(f"--num-classes {num_classes} must be at least 1")
     from litv2cli.models import create_model
-    from litv2cli.sources import inspect_checkpoint
-    from litv2cli.weights import load_into
+    from litv2cli.weights.inspect import inspect_checkpoint
+    from litv2cli.weights.reading import load_into
 
     source = inspect_checkpoint(from_, variant=check_variant(variant) if variant else None)
     base = _finetune_base(source, source.variant, recipe, resolution)
@@ -278,11 +280,12 @@ def evaluate_command(
     """Top-1/top-5 of a checkpoint on a validation split, with the official eval transform."""
     import tempfile
 
-    from litv2cli import launch, runner
-    from litv2cli.config import default_recipe
+    from litv2cli.run import launch
+    from litv2cli.run import start as runner
+    from litv2cli.recipe import default_recipe
     from litv2cli.data import describe_source
-    from litv2cli.runs import RunSpec
-    from litv2cli.sources import inspect_checkpoint
+    from litv2cli.train.spec import RunSpec
+    from litv2cli.weights.inspect import inspect_checkpoint
 
     if data is None:
         raise UserError("--data is required (the dataset whose validation split is evaluated)")

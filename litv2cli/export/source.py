@@ -37,8 +37,8 @@ def load_export_source(checkpoint: str | None, variant: str | None, *, seed: int
         return ExportSource(model, variant, f"no checkpoint: LITv2-{variant.upper()} with random weights "
                             f"(seed {seed}), for deployment tests only", trained=False)
 
-    from litv2cli.sources import inspect_checkpoint
-    from litv2cli.weights import load_into
+    from litv2cli.weights.inspect import inspect_checkpoint
+    from litv2cli.weights.reading import load_into
 
     info = inspect_checkpoint(checkpoint, variant=variant)
     alpha, window = (info.recipe.alpha, tuple(info.recipe.window)) if info.recipe else (0.9, (0, 0, 2, 1))

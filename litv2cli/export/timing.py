@@ -4,9 +4,9 @@ Protocol: the same random batch for every engine, the same number of threads for
 (`torch.set_num_threads` and onnxruntime's intra-op pool, inter-op 1), onnxruntime's idle
 workers not spinning (they would steal cores from PyTorch between interleaved steps);
 `warmup` untimed steps per engine, then `rounds` rounds in which every engine runs one step,
-in an order that rotates from round to round (`litv2cli.measure.interleaved`), timed with
+in an order that rotates from round to round (`litv2cli.measure.protocol.interleaved`), timed with
 `time.perf_counter`. Each engine's result is the median images/s of its steps, with its
-spread (IQR / median, as in `litv2cli.measure`).
+spread (IQR / median, as in `litv2cli.measure.protocol`).
 Interleaving makes a load change on a shared machine hit every engine alike, so the ratio is
 the number to trust, not the absolute speeds. It is the median of the per-round ratios (each
 engine's step against the other's in the same round, moments apart), with their quartiles:
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from litv2cli.export.onnx import INPUT_NAME, open_session
-from litv2cli.measure import interleaved, relative_spread
+from litv2cli.measure.protocol import interleaved, relative_spread
 
 
 @dataclass(frozen=True)

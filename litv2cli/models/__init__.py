@@ -7,7 +7,7 @@
 Importing this package registers `litv2_t`, `litv2_s`, `litv2_m`, `litv2_b` with timm.
 """
 
-from litv2cli.models.checkpoint import load_checkpoint_state_dict
+from litv2cli.weights.safe import load_checkpoint_state_dict
 from litv2cli.models.flops import count_flops, count_params, describe
 from litv2cli.models.hilo import HiLo
 from litv2cli.models.hilo_reference import HiLoReference

@@ -5,7 +5,7 @@ proxies use a head sized to `--data`'s classes, because snip and grad_norm need 
 Every model is built with drop path 0, so measurements and scores do not depend on it. Every
 timing and the peak memory run in the search's precision (`MeasureSettings.precision`): the
 search ranks the points as training would run them. On a CPU the timings run in a fresh process
-per point (`litv2cli.fresh_process` says why).
+per point (`litv2cli.measure.fresh_process` says why).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from litv2cli.fresh_process import call_in_fresh_process, omp_wait_policy
-from litv2cli.measure import (
+from litv2cli.measure.fresh_process import call_in_fresh_process, omp_wait_policy
+from litv2cli.measure.protocol import (
     Measurement, default_device, measure_latency, measure_peak_memory, measure_throughput,
 )
 from litv2cli.precision import autocast_dtype
@@ -103,7 +103,7 @@ def timings(model: nn.Module, settings: MeasureSettings, *,
             latency: bool = False) -> tuple[Measurement, Measurement | None]:
     """The one timing protocol of a search (a point's measurement and its drift check use it).
     On a CPU every point is timed in a fresh process, so that no point runs faster for what the
-    search did before it (`litv2cli.fresh_process`)."""
+    search did before it (`litv2cli.measure.fresh_process`)."""
     device = torch.device(settings.device) if settings.device is not None else default_device()
     if device.type != "cpu":
         return _timed(model, settings, latency)

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from litv2cli.config import Recipe, default_recipe, save_recipe
+from litv2cli.recipe import Recipe, default_recipe, save_recipe
 from litv2cli.search.pareto import Row
 from litv2cli.search.space import PAPER_ALPHA
 

@@ -41,8 +41,8 @@ from optuna.trial import TrialState
 
 from litv2cli.data import describe_source
 from litv2cli.errors import UserError
-from litv2cli.measure import MAX_SPREAD, default_device, device_name, dtype_label
-from litv2cli.paths import check_creatable_dir, make_dir
+from litv2cli.measure.protocol import MAX_SPREAD, default_device, device_name, dtype_label
+from litv2cli.run.rundir import check_creatable_dir, make_dir
 from litv2cli.precision import PRECISIONS, resolve_precision
 from litv2cli.search import pareto
 from litv2cli.search.evaluate import (

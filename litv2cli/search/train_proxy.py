@@ -1,5 +1,5 @@
 """The `train` accuracy proxy: a short training of one point on the user's data, through the
-same training loop as `litv2 pretrain` (`litv2cli.engine.train`), with a smaller budget.
+same training loop as `litv2 pretrain` (`litv2cli.train.loop.train`), with a smaller budget.
 
 Validation top-1 is reported to Optuna after every epoch; the study's pruner (successive
 halving or Hyperband) compares it with the other points at the same step and stops hopeless
@@ -20,7 +20,7 @@ from typing import Any
 
 import optuna
 
-from litv2cli.config import Recipe, default_recipe
+from litv2cli.recipe import Recipe, default_recipe
 from litv2cli.search.space import Point
 
 
@@ -58,8 +58,8 @@ def budget_recipe(variant: str, point: Point, budget: TrainBudget) -> Recipe:
 def train_point(trial: optuna.Trial, variant: str, point: Point, budget: TrainBudget, run_dir: Path) -> float:
     """Final validation top-1 (%) after the budget; raises TrialPruned when the pruner stops it
     and KeyboardInterrupt when a signal stopped the loop."""
-    from litv2cli.engine import train
-    from litv2cli.runs import RunSpec, read_metrics
+    from litv2cli.train.loop import train
+    from litv2cli.train.spec import RunSpec, read_metrics
 
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a leftover of an interrupted attempt: this trial starts afresh

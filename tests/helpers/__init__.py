@@ -1,0 +1,1 @@
+"""Shared test helpers: generated image folders, model fixtures, a throw-away PostgreSQL."""
