@@ -66,6 +66,7 @@ from collections.abc import Callable  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from litv2cli.defaults import PAPER_ALPHA  # noqa: E402
 from litv2cli.measure.protocol import interleaved  # noqa: E402
 from litv2cli.models import HiLo, HiLoReference, create_model, native  # noqa: E402
 from litv2cli.models.dtm import DeformConv2d  # noqa: E402
@@ -177,8 +178,8 @@ class LinearLayersOnly(nn.Module):
 
 def bench_layer(args: argparse.Namespace) -> list[dict]:
     torch.manual_seed(0)
-    fast = HiLo(384, 12, window_size=2, alpha=0.9)
-    reference = HiLoReference(384, 12, window_size=2, alpha=0.9)
+    fast = HiLo(384, 12, window_size=2, alpha=PAPER_ALPHA)
+    reference = HiLoReference(384, 12, window_size=2, alpha=PAPER_ALPHA)
     reference.load_state_dict(fast.state_dict(), strict=True)
     tokens = torch.randn(args.batch, 14 * 14, 384)
     with torch.no_grad():
@@ -191,7 +192,7 @@ def bench_layer(args: argparse.Namespace) -> list[dict]:
         if mode == "infer":
             steps["hilo, SDPA"] = make(without_kernels(copy.deepcopy(fast)), inputs, 14, 14)
             steps["linear layers only"] = make(LinearLayersOnly(fast, tokens))
-            concatenating = ConcatenatedOutputs(384, 12, window_size=2, alpha=0.9)
+            concatenating = ConcatenatedOutputs(384, 12, window_size=2, alpha=PAPER_ALPHA)
             concatenating.load_state_dict(fast.state_dict(), strict=True)
             steps["hilo, SDPA, outputs concatenated"] = make(without_kernels(concatenating), inputs, 14, 14)
             if args.compile:
@@ -353,7 +354,7 @@ def bench_keys(args: argparse.Namespace) -> list[dict]:
     for dim, heads, window, side in ((384, 12, 2, 14), (384, 12, 2, 20), (384, 12, 2, 28), (384, 12, 2, 32),
                                      (768, 24, 1, 7), (768, 24, 1, 10), (768, 24, 1, 14), (768, 24, 1, 16)):
         torch.manual_seed(0)
-        layer = HiLo(dim, heads, window_size=window, alpha=0.9).eval()
+        layer = HiLo(dim, heads, window_size=window, alpha=PAPER_ALPHA).eval()
         sdpa = without_kernels(copy.deepcopy(layer))
         batch = max(1, 16 * 14 * 14 // (side * side))  # about as many tokens as a 14 x 14 batch of 16
         tokens = torch.randn(batch, side * side, dim)

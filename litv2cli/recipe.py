@@ -15,7 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from litv2cli.defaults import PAPER_ALPHA, PAPER_WINDOW, fits_model, read_resolution
 from litv2cli.errors import UserError
+from litv2cli.files import write_text_atomic
 
 
 def package_file(name: str) -> Path:
@@ -34,19 +36,6 @@ PAPER_VARIANTS = ("s", "m", "b")
 DEMO_RECIPE = "litv2-t-demo.yaml"  # LITv2-T on the built-in digits (`--data demo`)
 
 
-def _as_resolution(value: Any) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, str):
-        parts = value.lower().split("x")
-        if len(parts) in (1, 2) and all(p.strip().isdigit() for p in parts):
-            sizes = [int(p) for p in parts]
-            return (sizes[0], sizes[-1])
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return (int(value[0]), int(value[1]))
-    raise ValueError("expected 224, '384x512' or [384, 512]")
-
-
 class Recipe(BaseModel):
     """Everything that defines a training run except machine-specific paths."""
 
@@ -56,8 +45,8 @@ class Recipe(BaseModel):
 
     # Model (the architecture itself lives in the variant registry).
     variant: Literal["t", "s", "m", "b"] = "s"
-    alpha: float = Field(0.9, ge=0.0, le=1.0)
-    window: tuple[int, int, int, int] = (0, 0, 2, 1)
+    alpha: float = Field(PAPER_ALPHA, ge=0.0, le=1.0)
+    window: tuple[int, int, int, int] = PAPER_WINDOW
     drop_path: float = Field(0.2, ge=0.0, lt=1.0)
     num_classes: int | None = Field(None, ge=1, description="None: taken from the data")
 
@@ -105,8 +94,11 @@ class Recipe(BaseModel):
     @field_validator("res", mode="before")
     @classmethod
     def _parse_res(cls, value: Any) -> tuple[int, int]:
-        height, width = _as_resolution(value)
-        if height <= 0 or width <= 0 or height % 32 or width % 32:
+        try:
+            height, width = read_resolution(value)
+        except (TypeError, ValueError):
+            raise ValueError("expected 224, '384x512' or [384, 512]") from None
+        if not fits_model(height, width):
             raise ValueError(f"{height}x{width} is not a multiple of 32")
         return (height, width)
 
@@ -121,6 +113,13 @@ class Recipe(BaseModel):
     def _check_schedule(self) -> "Recipe":
         if self.warmup_epochs >= self.epochs and self.epochs > 1:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be shorter than epochs ({self.epochs})")
+        return self
+
+    @model_validator(mode="after")
+    def _check_mixup_batch(self) -> "Recipe":
+        # Mixup/CutMix mix each image with its partner in the flipped batch: an odd batch leaves one out.
+        if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
+            raise ValueError(f"batch_size {self.batch_size}: Mixup/CutMix pairs images, so the batch must be even")
         return self
 
     def scaled_lrs(self, total_batch: int) -> tuple[float, float, float]:
@@ -151,9 +150,11 @@ def _validate(values: dict[str, Any], origin: str) -> Recipe:
         return Recipe.model_validate(values)
     except ValidationError as exc:
         first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(recipe)"
+        key = ".".join(str(p) for p in first["loc"])
         if first["type"] == "extra_forbidden":
             raise UserError(f"{origin}: unknown recipe key {key!r}") from None
+        if not key:  # a rule across keys: its message names them
+            raise UserError(f"{origin}: {first['msg'].removeprefix('Value error, ')}") from None
         raise UserError(f"{origin}: recipe key {key!r}: {first['msg']}") from None
 
 
@@ -210,7 +211,5 @@ def save_recipe(recipe: Recipe, path: str | Path) -> Path:
     """Write the fully resolved recipe atomically, so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(recipe.to_yaml())
-    tmp.replace(path)
+    write_text_atomic(path, recipe.to_yaml())
     return path

@@ -147,3 +147,22 @@ def test_pretraining_without_a_recipe_picks_and_names_one(variant, data, expecte
 def test_litv2_t_on_real_data_says_it_takes_the_defaults():
     recipe, line = _pretrain_base("t", "/data/imagenet")
     assert recipe == Recipe(variant="t") and "no paper recipe" in line
+
+
+def test_an_odd_batch_with_mixup_is_refused_by_the_recipe_itself():
+    """The rule lives in the recipe, so library callers (the search's training proxy) meet it too."""
+    base = Recipe(mixup=0.8, cutmix=0.0, batch_size=8)
+    with pytest.raises(UserError, match="batch_size 7: Mixup/CutMix pairs images, so the batch must be even"):
+        base.with_overrides(batch_size=7)
+    assert Recipe(mixup=0.0, cutmix=0.0, batch_size=7).batch_size == 7  # no pairing, no rule
+
+
+def test_the_cli_names_the_mixup_batch_rule_in_one_line(tmp_path, capsys):
+    from litv2cli.cli.main import main
+
+    assert main(["pretrain", "--variant", "s", "--data", str(tmp_path), "--batch-size", "7",
+                 "--output", str(tmp_path / "run")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("litv2: error:"), lines
+    assert "batch_size 7: Mixup/CutMix pairs images, so the batch must be even" in lines[0]
+    assert not (tmp_path / "run").exists()

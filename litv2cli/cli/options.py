@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from litv2cli.defaults import PAPER_WINDOW, fits_model, read_resolution, variant_key
 from litv2cli.errors import UserError
 
 Variant = Annotated[str, typer.Option("--variant", "-v", help="Model variant: t, s, m or b.")]
@@ -31,22 +32,16 @@ JsonOutput = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 
 def parse_resolution(text: str | int) -> tuple[int, int]:
     """'224' -> (224, 224); '800x1280' -> (800, 1280). Both sides must be multiples of 32."""
-    parts = str(text).lower().replace(" ", "").split("x")
     try:
-        if len(parts) == 1:
-            height = width = int(parts[0])
-        elif len(parts) == 2:
-            height, width = int(parts[0]), int(parts[1])
-        else:
-            raise ValueError
+        height, width = read_resolution(str(text))
     except ValueError:
         raise UserError(f"--res {text!r} is not a resolution; use 224 or HxW such as 800x1280") from None
-    if height <= 0 or width <= 0 or height % 32 or width % 32:
+    if not fits_model(height, width):
         raise UserError(f"--res {text}: height and width must be positive multiples of 32 (LITv2 downsamples 32x)")
     return height, width
 
 
-def parse_window(text: str | None, default: tuple[int, ...] = (0, 0, 2, 1)) -> tuple[int, int, int, int]:
+def parse_window(text: str | None, default: tuple[int, ...] = PAPER_WINDOW) -> tuple[int, int, int, int]:
     """'2' -> (0, 0, 2, 1); '0,0,4,2' -> (0, 0, 4, 2). Stages 1-2 hold no attention, so they stay 0."""
     if text is None:
         return tuple(default)  # type: ignore[return-value]
@@ -85,7 +80,7 @@ def check_variant(variant: str) -> str:
     # The names without the models (and torch): a wrong one is refused at once.
     from litv2cli.recipe import VARIANT_NAMES
 
-    name = variant.lower().removeprefix("litv2-").removeprefix("litv2_")
+    name = variant_key(variant)
     if name not in VARIANT_NAMES:
         raise UserError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANT_NAMES)}")
     return name

@@ -93,10 +93,7 @@ def _build_recipe(base: Recipe, *, res, batch_size, accum, epochs, lr, seed, alp
         overrides["window"] = parse_window(window)
     if ema:
         overrides["ema"] = True
-    recipe = base.with_overrides(**overrides)
-    if (recipe.mixup > 0 or recipe.cutmix > 0) and recipe.batch_size % 2:
-        raise UserError(f"--batch-size {recipe.batch_size}: Mixup/CutMix pairs images, so the batch must be even")
-    return recipe
+    return base.with_overrides(**overrides)
 
 
 def _launch_and_spec(*, recipe: Recipe, data, image_column, label_column, streaming, gpus, nodes, node_rank,
@@ -128,8 +125,7 @@ def _launch_and_spec(*, recipe: Recipe, data, image_column, label_column, stream
     if deepspeed:
         ds_path = dsconfig.resolve_config_path(deepspeed)
         ds_cfg = dsconfig.read_config(ds_path)
-        if recipe.ema and dsconfig.zero_stage(ds_cfg) == 3:
-            raise UserError("--ema with ZeRO-3 is not supported: the EMA copy would hold only this rank's shard")
+        dsconfig.check_recipe(recipe, ds_cfg)
         if skip_nonfinite:
             raise UserError("--skip-nonfinite is not available with DeepSpeed, which steps inside backward")
     plan = launch.plan(gpus, nodes, node_rank, main_addr, main_port)

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from litv2cli.defaults import epoch_seed
+
 
 class ResumableDistributedSampler(Sampler[int]):
     """Shuffled, rank-sharded indices of one epoch, resumable at any sample position.
@@ -40,7 +42,7 @@ class ResumableDistributedSampler(Sampler[int]):
     def epoch_indices(self) -> list[int]:
         """This rank's indices for the current epoch, before skipping."""
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
             order = torch.randperm(self.dataset_size, generator=generator).tolist()
         else:
             order = list(range(self.dataset_size))

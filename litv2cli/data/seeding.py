@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from litv2cli.defaults import epoch_seed
+
 
 class SeededItems(Dataset):
     """Wraps a dataset so item `i` of epoch `e` is always augmented with the same random draws.
@@ -30,7 +32,7 @@ class SeededItems(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Any:
-        item_seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
+        item_seed = epoch_seed(self.seed, self.epoch) * 10_000_019 + index
         saved = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
         random.seed(item_seed)
         np.random.seed(item_seed % (2**32))

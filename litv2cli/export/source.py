@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from litv2cli.defaults import PAPER_ALPHA, PAPER_WINDOW
 from litv2cli.errors import UserError
 
 
@@ -41,7 +42,7 @@ def load_export_source(checkpoint: str | None, variant: str | None, *, seed: int
     from litv2cli.weights.reading import load_into
 
     info = inspect_checkpoint(checkpoint, variant=variant)
-    alpha, window = (info.recipe.alpha, tuple(info.recipe.window)) if info.recipe else (0.9, (0, 0, 2, 1))
+    alpha, window = (info.recipe.alpha, tuple(info.recipe.window)) if info.recipe else (PAPER_ALPHA, PAPER_WINDOW)
     model = create_model(info.variant, num_classes=info.num_classes, alpha=alpha, local_ws=window)
     report = load_into(model, info.state_dict, source=checkpoint, allow_new_head=False)
     description = (f"checkpoint {checkpoint}: LITv2-{info.variant.upper()}, alpha {alpha:g}, window "

@@ -1,18 +1,15 @@
 """LITv2: the backbone, its variants, and their timm registration (paper section 4.3).
 
-Four stages at strides 4, 8, 16, 32. Stages 1-2 hold ConvFFN-only blocks (no attention: the
-paper finds early MSAs attend locally anyway), stages 3-4 hold HiLo blocks, and deformable
-token merging (DTM) halves the map between stages. Attribute names follow the official
-implementation, so official state dicts load strictly with no conversion.
-
-Tokens travel as (B, N, C) with the map's height and width passed alongside: rows are
-contiguous for the linear layers, the depthwise conv sees a channels-last view, and no layer
+Four stages at strides 4, 8, 16, 32: ConvFFN-only blocks in stages 1-2 (the paper finds early
+MSAs attend locally anyway), HiLo blocks in stages 3-4, deformable token merging (DTM) between
+stages. Attribute names follow the official implementation, so official state dicts load strictly
+with no conversion. Tokens travel as (B, N, C) with height and width passed alongside, so no layer
 assumes a square map or a size fixed at construction (any multiple of 32 works).
 
 The model offers timm's API (feature taps, pruning, parameter groups, grad checkpointing,
-device/dtype factory arguments). It also scripts and traces: a model built under
-`timm.set_scriptable(True)` uses the straightforward layers (`reference`), which TorchScript can
-compile, and torch.fx treats the layers whose path depends on the traced size as single calls.
+device/dtype factory arguments). It also scripts and traces: under `timm.set_scriptable(True)` it
+uses the straightforward layers (`reference`), which TorchScript can compile, and torch.fx treats
+the layers whose path depends on the traced size as single calls.
 """
 
 # No `from __future__ import annotations`: torch.fx copies `LITv2.forward`'s annotations into the
@@ -26,6 +23,7 @@ from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs,
 from timm.models._features import feature_take_indices
 from torch import nn
 
+from litv2cli.defaults import PAPER_ALPHA, PAPER_WINDOW, variant_key
 from litv2cli.errors import UserError
 from litv2cli.models.convffn import ConvFFN
 from litv2cli.models.dtm import DTM, FloatBatchNorm2d
@@ -161,7 +159,7 @@ class LITv2(nn.Module):
 
     def __init__(self, embed_dim: int = 96, depths: tuple[int, ...] = (2, 2, 6, 2),
                  num_heads: tuple[int, ...] = (3, 6, 12, 24), mlp_ratio: float = 4.0, drop_path_rate: float = 0.2,
-                 alpha: float = 0.9, local_ws: tuple[int, ...] = (0, 0, 2, 1), attention: str = "hilo",
+                 alpha: float = PAPER_ALPHA, local_ws: tuple[int, ...] = PAPER_WINDOW, attention: str = "hilo",
                  num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0, global_pool: str = "avg",
                  reference: bool = False, device: torch.device | None = None, dtype: torch.dtype | None = None):
         super().__init__()
@@ -317,7 +315,7 @@ def _init_linear_and_norm(module: nn.Module) -> None:
 
 
 def create_model(variant: str, *, num_classes: int = 1000, drop_path_rate: float | None = None,
-                 alpha: float = 0.9, local_ws: tuple[int, int, int, int] = (0, 0, 2, 1),
+                 alpha: float = PAPER_ALPHA, local_ws: tuple[int, int, int, int] = PAPER_WINDOW,
                  attention: str = "hilo", in_chans: int = 3, reference: bool = False,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> LITv2:
     """Build LITv2-`variant` (t, s, m or b); drop_path_rate None means the variant's own rate.
@@ -333,7 +331,7 @@ def create_model(variant: str, *, num_classes: int = 1000, drop_path_rate: float
 
 def variant_spec(variant: str) -> VariantSpec:
     """'s', 'S', 'litv2_s' or 'litv2-s' -> VARIANTS['s']; anything else is a UserError."""
-    key = variant.lower().removeprefix("litv2-").removeprefix("litv2_")
+    key = variant_key(variant)
     if key not in VARIANTS:
         raise UserError(f"unknown LITv2 variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     return VARIANTS[key]

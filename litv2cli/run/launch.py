@@ -1,12 +1,10 @@
 """Starting the worker processes: in-process, through accelerate's launcher, or not at all.
 
-Inside an existing launcher (torchrun, `accelerate launch`, a multi-task `srun` step) the
-workers are already there, so we run in-process. Otherwise one process runs in-process (with a
-one-rank process group when DeepSpeed needs one) and N processes, or several nodes, go through
-accelerate's launcher, which uses torchrun; on a machine without GPUs the workers join over
-gloo, which is how the tests cover this path.
-
-A failing rank writes its error into a folder this command watches; the command prints the
+Inside an existing launcher (torchrun, `accelerate launch`, a multi-task `srun` step) the workers
+are already there, so we run in-process. Otherwise one process runs in-process (with a one-rank
+process group when DeepSpeed needs one), and several processes or nodes go through accelerate's
+launcher (torchrun); without GPUs the workers join over gloo, which is how the tests cover this
+path. A failing rank writes its error into a folder this command watches; the command prints the
 first one as one line and ends the job within seconds, instead of torchrun's traceback.
 """
 
@@ -28,6 +26,7 @@ from pathlib import Path
 
 from litv2cli.recipe import package_file
 from litv2cli.errors import UserError
+from litv2cli.files import write_text_atomic
 
 ERROR_DIR_VARIABLE = "LITV2_ERROR_DIR"  # where launched ranks report their errors
 KILL_AFTER_ERROR_S = 5.0  # how long the other ranks get to end by themselves once one has failed
@@ -295,9 +294,7 @@ def report_error(message: str, code: int, exc: BaseException | None = None) -> N
     if error_dir and Path(error_dir).is_dir():
         record = dict(message=line, code=code, time=time.time())
         path = Path(error_dir) / f"rank-{os.environ.get('RANK', '0')}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(record))
     else:
         print(f"litv2: error: {line}", file=sys.stderr, flush=True)
 

@@ -1,16 +1,13 @@
 """Benchmarks of the search itself, with fixed protocols, for BENCHMARKS.md.
 
-    python -m litv2cli.search.bench repeatability --variant s --alpha 0.9 --window 2 --res 224 --batch-size 8
-    python -m litv2cli.search.bench agreement runs/zc/litv2-t-64x64-b64-infer-zero-cost/search.json \
-        runs/train/litv2-t-64x64-b64-infer-train/search.json
+    python -m litv2cli.search.bench repeatability --variant s --alpha 0.9 --window 2 --res 224
+    python -m litv2cli.search.bench agreement ZERO_COST/search.json TRAIN/search.json
 
-`repeatability` measures one point several times, as the search does (on a CPU, each time in a
-fresh process), and reports each median and the spread of the medians ((max - min) / mean), so
-users know how far apart two points must be for the search to rank them reliably on this
-machine. `agreement` reads the `search.json` of a zero-cost search and of a training-proxy
-search over the same points and reports Kendall's tau between each zero-cost score (and their
-rank combination) and the trained validation top-1;
-`benchmarks/bench_search_proxy.py` runs the whole protocol (several seeds, a noise ceiling).
+`repeatability` measures one point several times, as the search does, and reports the spread of
+the medians, so users know how far apart two points must be for the search to rank them reliably
+on their machine. `agreement` reports Kendall's tau between each zero-cost score of one search and
+the trained top-1 of another over the same points; `benchmarks/bench_search_proxy.py` runs the
+whole protocol (several seeds, a noise ceiling).
 """
 
 from __future__ import annotations
@@ -21,6 +18,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from litv2cli.defaults import PAPER_ALPHA
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -75,7 +74,7 @@ def agreement(zero_cost_summary: dict[str, Any], trained_summary: dict[str, Any]
 @app.command("repeatability")
 def repeatability_command(
     variant: Annotated[str, typer.Option("--variant")] = "s",
-    alpha: Annotated[float, typer.Option("--alpha")] = 0.9,
+    alpha: Annotated[float, typer.Option("--alpha")] = PAPER_ALPHA,
     window: Annotated[int, typer.Option("--window")] = 2,
     res: Annotated[int, typer.Option("--res")] = 224,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,

@@ -15,7 +15,7 @@ from typing import Any
 
 from litv2cli.recipe import Recipe, default_recipe, save_recipe
 from litv2cli.search.pareto import Row
-from litv2cli.search.space import PAPER_ALPHA
+from litv2cli.defaults import PAPER_ALPHA
 
 FLAT_ACCURACY_NOTE = (
     "LITv2-S ImageNet top-1 varies by only 0.22 points over alpha 0.2-1.0 (81.81-82.03; alpha 0 gives "

@@ -1,14 +1,10 @@
 """The search space: HiLo's split ratio alpha and the window size s of the HiLo stages.
 
-A *point* is one distinct architecture. Alphas that give the same number of Lo-Fi heads in
-every windowed HiLo stage build the same network, so they are one point, not several trials
-(the model splits heads as `int(num_heads * alpha)`, like the official code; this module asks
-the model's own `split_heads`). A stage whose window is 1 is plain global attention whatever
-alpha is, so with `--window 1` every alpha collapses into a single point. Stages 1-2 hold no attention and keep window 0.
-
-Windows are shared by the HiLo stages by default, with the last stage global (window 1) as in
-the paper: `--window 2` means per-stage windows (0, 0, 2, 1). With `per_stage_window` the
-stage-3 and stage-4 windows are searched separately.
+A *point* is one distinct architecture: alphas that give the same number of Lo-Fi heads in every
+windowed stage build the same network (the model's own `split_heads` decides), so they are one
+point, not several trials, and with `--window 1` every alpha collapses into one. Windows are
+shared by the HiLo stages by default, with the last stage global as in the paper (`--window 2`
+means per-stage windows (0, 0, 2, 1)); `per_stage_window` searches stages 3 and 4 separately.
 """
 
 from __future__ import annotations
@@ -18,10 +14,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from litv2cli.defaults import PAPER_ALPHA, PAPER_WINDOW
 from litv2cli.errors import UserError
 
-PAPER_ALPHA = 0.9
-PAPER_WINDOW = (0, 0, 2, 1)
 HILO_STAGES = (2, 3)  # zero-based indices of the stages that hold HiLo attention
 DEFAULT_ALPHAS = "0:1:0.1"
 DEFAULT_WINDOWS = "1,2,4"

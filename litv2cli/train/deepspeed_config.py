@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from litv2cli.recipe import RECIPES_DIR
+from litv2cli.recipe import RECIPES_DIR, Recipe
 from litv2cli.errors import UserError
 
 PRESETS = ("zero1", "zero2", "zero3", "zero3-offload")
@@ -82,6 +82,13 @@ def fill_config(config: dict[str, Any], *, micro_batch: int, accum: int, world_s
 
 def zero_stage(config: dict[str, Any]) -> int:
     return int(config.get("zero_optimization", {}).get("stage", 0))
+
+
+def check_recipe(recipe: Recipe, config: dict[str, Any]) -> None:
+    """Refuse a recipe this DeepSpeed config cannot train: an EMA under ZeRO-3 would average only
+    this rank's shard of every weight."""
+    if recipe.ema and zero_stage(config) == 3:
+        raise UserError("--ema with ZeRO-3 is not supported: the EMA copy would hold only this rank's shard")
 
 
 def pin_deepspeed_to_cpu_without_cuda() -> None:

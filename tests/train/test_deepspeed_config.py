@@ -6,6 +6,7 @@ import pytest
 
 from litv2cli.train import deepspeed_config as dsconfig
 from litv2cli.errors import UserError
+from litv2cli.recipe import Recipe
 
 
 @pytest.mark.parametrize("preset", dsconfig.PRESETS)
@@ -45,3 +46,11 @@ def test_optimizer_section_in_a_user_config_is_refused(tmp_path):
 def test_unknown_preset_or_missing_file_is_one_clear_error():
     with pytest.raises(UserError, match="neither a preset"):
         dsconfig.resolve_config_path("zero4")
+
+
+def test_ema_under_zero3_is_refused_by_the_config_check_and_allowed_under_zero2():
+    ema = Recipe(ema=True)
+    with pytest.raises(UserError, match="--ema with ZeRO-3 is not supported"):
+        dsconfig.check_recipe(ema, dsconfig.read_config(dsconfig.resolve_config_path("zero3")))
+    dsconfig.check_recipe(ema, dsconfig.read_config(dsconfig.resolve_config_path("zero2")))
+    dsconfig.check_recipe(Recipe(ema=False), dsconfig.read_config(dsconfig.resolve_config_path("zero3")))
