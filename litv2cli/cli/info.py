@@ -9,13 +9,12 @@ import typer
 
 from litv2cli.cli.options import Alpha, JsonOutput, Resolution, Variant, Window, check_alpha, check_variant, \
     parse_resolution, parse_window
+from litv2cli.defaults import PAPER_ALPHA
 
 if TYPE_CHECKING:
     from rich.table import Table
 
 app = typer.Typer()
-
-DEFAULT_ALPHA = 0.9
 
 
 @app.command()
@@ -36,9 +35,11 @@ def info(
     checked_alpha = check_alpha(alpha)
     local_ws = parse_window(window)
     names = list(VARIANT_NAMES) if variant.lower() == "all" else [check_variant(variant)]
-    from litv2cli.models import describe  # after the checks: bad input is refused without torch
+    # After the checks, so bad input is refused without torch. `describe` (litv2cli.models.summary)
+    # is taken from the package that re-exports it, the name callers and tests replace.
+    from litv2cli.models import describe
 
-    reports = {name: describe(name, resolution, DEFAULT_ALPHA if checked_alpha is None else checked_alpha, local_ws)
+    reports = {name: describe(name, resolution, PAPER_ALPHA if checked_alpha is None else checked_alpha, local_ws)
                for name in names}
     if json_output:
         typer.echo(json.dumps(reports[names[0]] if len(names) == 1 else reports))

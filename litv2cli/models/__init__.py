@@ -8,10 +8,11 @@ Importing this package registers `litv2_t`, `litv2_s`, `litv2_m`, `litv2_b` with
 """
 
 from litv2cli.weights.safe import load_checkpoint_state_dict
-from litv2cli.models.flops import count_flops, count_params, describe
+from litv2cli.models.flops import count_flops, count_params
 from litv2cli.models.hilo import HiLo
 from litv2cli.models.hilo_reference import HiLoReference
 from litv2cli.models.litv2 import ATTENTIONS, VARIANTS, LITv2, VariantSpec, create_model, variant_spec
+from litv2cli.models.summary import describe
 from litv2cli.models import attentions as _compared_attentions  # noqa: F401  registers msa, sra, w_msa, t_msa
 
 __all__ = [

@@ -7,6 +7,10 @@ The paper's numbers come from that counter, so we reproduce it term by term, qui
 - The final LayerNorm is counted on (H/4 * W/4) / 16 tokens, four times the real H/32 * W/32.
 - Softmax, GELU, pooling, residual adds and BatchNorm-free parts are not counted.
 The official counter only knows square maps; for H != W we use H*W wherever it uses H^2.
+
+Counting only reads the modules of a model it is given and imports no model module, so the
+attention modules can take their formulas from here (`hilo_flops`) without an import circle;
+building a model to report on it is `litv2cli.models.summary`'s job.
 """
 
 from __future__ import annotations
@@ -85,37 +89,3 @@ def count_params(model: nn.Module) -> int:
     """Learnable parameters (BatchNorm running statistics are buffers and not counted)."""
     return sum(p.numel() for p in model.parameters())
 
-
-def describe(variant: str, resolution: tuple[int, int] = (224, 224), alpha: float = 0.9,
-             local_ws: tuple[int, int, int, int] = (0, 0, 2, 1)) -> dict:
-    """Parameters, FLOPs and per-stage layout of one configuration, as plain JSON-ready data.
-
-    The model is built on the meta device: no memory, no init cost, even for LITv2-B.
-    """
-    import torch
-
-    from litv2cli.models.litv2 import create_model, variant_spec
-
-    spec = variant_spec(variant)
-    with torch.device("meta"):
-        model = create_model(variant, alpha=alpha, local_ws=local_ws)
-    height, width = resolution[0] // 4, resolution[1] // 4
-    stages = []
-    for i, stage in enumerate(model.layers):
-        attn = getattr(stage.blocks[0], "attn", None)
-        stages.append(dict(
-            stage=i + 1, resolution=[height, width], channels=model.embed_dim * 2**i, depth=len(stage.blocks),
-            heads=model.num_heads[i], window=model.local_ws[i],
-            hifi_heads=attn.hifi_heads if attn is not None else 0,
-            lofi_heads=attn.lofi_heads if attn is not None else 0,
-            mixer="ConvFFN only" if attn is None else ("global MSA" if attn.window_size == 1 else "HiLo"),
-        ))
-        height, width = height // 2, width // 2
-    params, flops = count_params(model), count_flops(model, resolution)
-    return dict(variant=variant_spec_key(variant), from_paper=spec.from_paper, resolution=list(resolution),
-                alpha=alpha, local_ws=list(model.local_ws), params=params, params_m=round(params / 1e6, 3),
-                flops=flops, gflops=round(flops / 1e9, 3), stages=stages)
-
-
-def variant_spec_key(variant: str) -> str:
-    return variant.lower().removeprefix("litv2-").removeprefix("litv2_")

@@ -1,30 +1,17 @@
 """HiLo attention (paper section 4.1), written for speed.
 
 Hi-Fi heads attend inside non-overlapping s x s windows (local, high frequencies); Lo-Fi heads
-attend from every query to keys/values of the s x s average-pooled map (global, low
-frequencies). The outputs are concatenated, Hi-Fi first, as in the official checkpoints.
+attend to keys/values of the s x s average-pooled map (global, low frequencies); the outputs are
+concatenated Hi-Fi first, as in the official checkpoints. `HiLoReference` is the paper's
+equations written out, and the oracle this module must equal.
 
-Where the time goes on a CPU, and what this module does about it (`HiLoReference` is the
-paper's equations written out, and the oracle this module must equal):
-
-- The linear layers are most of the work and cannot shrink, so every projection that reads
-  the map (Hi-Fi qkv, Lo-Fi q, and Lo-Fi kv when s = 1 and there is no pooling) is one GEMM:
-  the map is read once and the GEMM is wider.
-- Both branches run on `F.scaled_dot_product_attention` (no attention matrix in memory).
-- Hi-Fi windows need no partition copy: s consecutive rows of the map are s * W consecutive
-  tokens (a band), so attention runs over each band with a mask that keeps every query in
-  its own window. The band's extra scores cost less than two copies of the window partition
-  while a band is short (`uses_bands`); longer bands fall back to the partition.
-- Lo-Fi pooling reads a channels-last view of the map and feeds `l_kv` directly (pooling
-  first: s^2 fewer rows for the GEMM than projecting first).
-- Without autograd, `h_proj` and `l_proj` add into the columns of one buffer instead of being
-  concatenated: one copy of the whole output map less (4-5% of the layer at batch 64).
-- Float32 inference on a CPU runs both attentions on small C++ kernels compiled for the machine
-  at first use (`native`, `forward_native`): 1.15-1.23x the layer on SDPA at batch 64. Autograd,
-  torch.compile, export, and machines without a C++ compiler take the SDPA path above.
-
-Maps of any size work: the normalised map is zero-padded bottom/right to a multiple of s and
-the output cropped back, as the official detection backbone (and its FLOP counter) does.
+The linear layers are most of the work and cannot shrink, so the rest avoids copies: every
+projection that reads the map is one GEMM, attention runs on SDPA (no attention matrix in
+memory), Hi-Fi attends over masked bands of s rows instead of copying out windows (`uses_bands`),
+and Lo-Fi pools before projecting. Float32 CPU inference runs both attentions on C++ kernels
+compiled at first use (`native`; BENCHMARKS.md, HiLo layer); autograd, torch.compile and export
+take the SDPA path. Maps of any size are zero-padded bottom/right to a multiple of s and cropped
+back, as the official detection backbone does.
 """
 
 from __future__ import annotations
@@ -34,14 +21,15 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function, register_notrace_module
 from torch import nn
 
-from litv2cli.models import native
+import litv2cli.models.native as native
 from litv2cli.models.capture import capturing
+from litv2cli.models.flops import hilo_flops
 
 # A band of s rows is attended as one masked sequence while it holds at most
 # BAND_TOKEN_BUDGET / s tokens. A longer band's extra scores cost more than the partition's
 # copies, and the larger s, the more efficient the partition's own (larger) windows, so the
-# limit falls with s. Measured on a 2-core CPU (`python benchmarks/bench_hilo.py band`):
-# s = 2 wins up to 112-token bands and loses at 168; s = 4 wins at 56 and loses at 112.
+# limit falls with s. Where bands stop paying for s = 2 and s = 4: BENCHMARKS.md, "Hi-Fi over
+# masked bands vs window partition" (`python benchmarks/bench_hilo.py band`).
 BAND_TOKEN_BUDGET = 256
 
 
@@ -234,8 +222,6 @@ class HiLo(nn.Module):
             out[:, self.hifi_dim:].addmm_(lofi, self.l_proj.weight.to(out.dtype).t())
 
     def flops(self, height: int, width: int) -> float:
-        from litv2cli.models.flops import hilo_flops
-
         return hilo_flops(self.dim, self.hifi_dim, self.lofi_dim, self.window_size, height, width)
 
     def extra_repr(self) -> str:

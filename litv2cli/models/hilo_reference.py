@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from litv2cli.models.flops import hilo_flops
 from litv2cli.models.hilo import pad_to_window, split_heads
 
 
@@ -76,6 +77,4 @@ class HiLoReference(nn.Module):
         return torch.cat(outputs, dim=-1).reshape(B, N, C)
 
     def flops(self, height: int, width: int) -> float:
-        from litv2cli.models.flops import hilo_flops
-
         return hilo_flops(self.dim, self.hifi_dim, self.lofi_dim, self.window_size, height, width)
