@@ -3,7 +3,8 @@
 `describe_source` validates `--data` before any process starts; `open_split` gives a map-style
 `ImageSplit` (or a `StreamingSplit` with `streaming=True`) whose items are
 `(transformed image, label)` or `None` for an unreadable image; `collate_skip_corrupt` drops
-and counts those. Sources and their conventions: `litv2cli.data.sources`.
+and counts those. Sources and their conventions: `litv2cli.data.sources`, which hands each kind
+to its own module (`imagefolder`, `arrow`, `hub`).
 """
 
 from litv2cli.data.loading import collate_skip_corrupt

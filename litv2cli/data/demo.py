@@ -1,10 +1,9 @@
 """The built-in demo dataset: scikit-learn's handwritten digits as small RGB images.
 
 1,797 real 8x8 scans of the digits 0-9 ship inside scikit-learn, so the main job runs end to
-end with nothing to download. Each scan (16 grey levels) is stretched to 0-255, upscaled
-bicubically to 32x32 (LITv2's four stages need a multiple of 32) and stored as RGB. The split is
-80/20, stratified by class, with a fixed seed, so every process and every run sees the same
-360 validation images. Everything lives in memory (5.5 MB); no files are written.
+end with nothing to download. They are upscaled to 32x32 RGB (LITv2's four stages need a
+multiple of 32) and split 80/20, stratified by class, with a fixed seed, so every process and
+every run sees the same validation images. Everything lives in memory; no files are written.
 """
 
 from __future__ import annotations

@@ -1,13 +1,12 @@
 """Map-style image datasets that never crash on a bad image.
 
 Every source (the built-in demo, an ImageFolder, an Arrow/Parquet/hub table) becomes an
-`ImageSplit`: item `i` is `(transform(image), label)`, or `None` when the image cannot be read
-or decoded. Decoding happens in `__getitem__`, i.e. inside DataLoader workers; the collate
-function drops the `None`s and counts them, so a corrupt JPEG costs one sample, not a run.
-
-The per-item state is kept in flat numpy arrays rather than lists of Python objects: an
-ImageNet split is 1.28M items, and a list of `Path` objects costs hundreds of MB that every
-forked worker slowly copies as reference counts touch its pages.
+`ImageSplit` whose item `i` is `(transform(image), label)`, or `None` when the image cannot be
+read or decoded. Decoding happens inside DataLoader workers, and the collate function drops the
+`None`s and counts them, so a corrupt JPEG costs one sample, not a run. Per-item state is kept in
+flat numpy arrays, not lists of Python objects: for an ImageNet split (1.28M items) a list of
+`Path`s costs hundreds of MB that every forked worker slowly copies as reference counts touch
+its pages.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ the rows of the batches w, w + W, ... it had produced. The resumed epoch then de
 the items not yet seen, each once (while every worker still has rows); their order is also the uninterrupted order when `skip` is a
 multiple of W x `batch_size` (always with `num_workers=0`), otherwise the first W batches come
 from the workers in a different turn. Skipped rows are still read from storage.
+
+Streams share the sources' rules (columns, split names, Parquet naming) by importing them from
+the modules of each kind; `litv2cli.data.sources` calls this module, never the reverse.
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from litv2cli.data.sources import (
-    SourceInfo, detect_columns, parquet_data_files, parquet_rows, short_reason, split_name, val_split_name,
-)
+from litv2cli.data.arrow import parquet_data_files, parquet_rows
+from litv2cli.data.columns import detect_columns
+from litv2cli.data.hub import short_reason
+from litv2cli.data.source_info import SourceInfo
+from litv2cli.data.split_names import split_name, val_split_name
 from litv2cli.data.splits import DECODE_ERRORS, Transform, decode_image, encoded_image
 from litv2cli.errors import UserError
 

@@ -1,28 +1,16 @@
 """Train and eval transforms: timm's ImageNet pipelines, configured as the official recipe.
 
-Training: timm's `create_transform` (RandomResizedCrop, horizontal flip, RandAugment,
-colour jitter, which timm switches off whenever RandAugment is on, random erasing in pixel mode).
+Training is timm's `create_transform` (RandomResizedCrop, flip, RandAugment, random erasing in
+pixel mode; timm drops colour jitter whenever RandAugment is on). Evaluation is timm's eval
+pipeline: `crop_pct=0.875` (the official ImageNet eval) resizes to size / 0.875 with the aspect
+ratio kept (256 for 224) and centre-crops; `crop_pct=None` (the official 384 fine-tune eval)
+resizes straight to HxW, no crop.
 
-Evaluation, also timm's eval pipeline:
-- `crop_pct=0.875` (the official ImageNet eval): resize the short side to
-  `floor(size / crop_pct)` (256 for 224) keeping the aspect ratio, then centre-crop `size`. For a
-  non-square HxW, timm's `ResizeKeepRatio` scales so the image covers
-  `(floor(H / crop_pct), floor(W / crop_pct))` with its aspect ratio kept, then crops HxW.
-- `crop_pct=None` (the official 384 fine-tune eval): resize straight to HxW, no crop (timm's
-  "squash" mode at crop_pct 1.0).
-
-Two changes to timm's pipelines, both after the augmentations:
-
-- `ToNormalizedTensor` replaces the final ToTensor + Normalize (torchvision's, via timm's
-  `MaybeToTensor`) with the same values to float rounding (<= 1e-6) in about half the time,
-  because it converts uint8 to float once and normalises in place instead of allocating three
-  float images; at 224x224 that step was about a fifth of a worker's time per image
-  (`benchmarks/bench_data.py` measures both).
-- A repair: timm's RandAugment asks Posterize to keep 0 bits when a sampled magnitude reaches
-  10 (about 2% of draws at m9 with mstd 0.5, so roughly one image in 650 with the paper's
-  recipe). Pillow up to 12 returned a black image for that, as the TensorFlow reference does;
-  Pillow 13 raises ValueError, which kills the DataLoader worker and the run.
-  `keep_zero_bit_posterize` gives those ops the old result back.
+Two changes to timm's pipelines, both after the augmentations. `ToNormalizedTensor` replaces
+ToTensor + Normalize with the same values, but converts to float once and normalises in place
+instead of allocating three float images (BENCHMARKS.md, data pipeline). `keep_zero_bit_posterize`
+gives back Pillow 12's black image for a 0-bit Posterize, which timm's RandAugment asks for about
+once in 650 images with the paper's recipe and on which Pillow 13 raises, killing the run.
 """
 
 from __future__ import annotations
