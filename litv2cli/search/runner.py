@@ -1,24 +1,14 @@
 """`litv2 search` as a library function: measure every point, add the accuracy proxy, pick a
 point of the Pareto front, and write the recipe, the tables and the picture.
 
-Two phases, because Optuna's pruning only works in single-objective studies:
-
-1. The measurement study (multi-objective, one per variant) measures each distinct point on
-   this device: throughput always, latency and peak memory when asked for, parameters and
-   FLOPs by counting, and with `--proxy zero-cost` the raw zero-cost scores. Its objective
-   values are the requested efficiency objectives (throughput when only top1 is asked for).
-   Zero-cost scores are combined by rank across all measured points after the study, so they
-   are user attributes, not Optuna values.
-2. With `--proxy train`, a second, single-objective study (`<study>-train`) trains the points
-   that pass the constraints, reports validation top-1 after every epoch and lets the pruner
-   (successive halving by default, or Hyperband) stop hopeless ones. It starts when the
-   measurement study is complete.
-
-The front is then computed over the requested objectives from both studies' results.
-
-Both phases run in one precision, `--precision` resolved for the search's device
-(`with_resolved_precision`); it is part of the study's fingerprint, so a study measured in
-bf16 is never continued in float32.
+It runs in two phases because Optuna's pruning only works in single-objective studies. The
+measurement study (multi-objective, one per variant) measures each distinct point on this device:
+the requested efficiency objectives, counts, and with `--proxy zero-cost` the raw scores, which are
+combined by rank over all points afterwards and so are user attributes, not Optuna values. With
+`--proxy train`, a second, single-objective study (`<study>-train`) then trains the points that
+pass the constraints and lets its pruner stop hopeless ones. The front is computed over both
+studies' results. Both phases run in one precision (`with_resolved_precision`), part of the
+study's fingerprint, so a study measured in bf16 is never continued in float32.
 """
 
 from __future__ import annotations
@@ -54,7 +44,7 @@ from litv2cli.search.recipes import FLAT_ACCURACY_NOTE, build_provenance, write_
 from litv2cli.search.space import DEFAULT_ALPHAS, DEFAULT_WINDOWS, Point, SearchSpace, build_space, paper_default_label
 from litv2cli.search.storage import lost_storage, open_storage, redact, resolve_storage_url
 from litv2cli.search.study import (
-    FAIL_REASON, GRACE_PERIOD_S, WorkerReport, fail_stale_trials, final_trials, make_sampler, open_study, point_status,
+    FAIL_REASON, GRACE_PERIOD_S, WorkerReport, fail_abandoned_trials, final_trials, make_sampler, open_study, point_status,
     run_points,
 )
 from litv2cli.search.train_proxy import TrainBudget, train_point
@@ -377,7 +367,7 @@ def _finish(study: optuna.Study, points: list[Point], evaluate, config: SearchCo
                 f"silent for {GRACE_PERIOD_S} s is evaluated here)")
             waiting_said = True
         time.sleep(POLL_S)
-        fail_stale_trials(study)
+        fail_abandoned_trials(study)
     return total
 
 

@@ -33,6 +33,7 @@ import math
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -57,6 +58,10 @@ GRACE_PERIOD_S = 120
 
 Evaluate = Callable[[optuna.Trial, Point], Sequence[float] | float]
 
+# The storage each study was opened on, so that a trial can be failed from outside its objective
+# through public storage methods: Optuna's `Study` does not expose its storage.
+_STORAGES: weakref.WeakKeyDictionary[optuna.Study, optuna.storages.BaseStorage] = weakref.WeakKeyDictionary()
+
 
 def open_study(storage: optuna.storages.BaseStorage, name: str, *, directions: Sequence[str],
                fingerprint: dict[str, Any], sampler: optuna.samplers.BaseSampler,
@@ -76,6 +81,8 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, *, directions: S
         key = next((k for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)), "?")
         raise UserError(f"study {name!r} was created with a different {key} ({stored.get(key)!r}, now "
                         f"{wanted.get(key)!r}); pass another --study, or the original flags to continue it")
+    if isinstance(storage, optuna.storages.BaseStorage):
+        _STORAGES[study] = storage
     return study
 
 
@@ -162,7 +169,7 @@ def run_points(study: optuna.Study, points: Sequence[Point], evaluate: Evaluate,
     attempted: set[str] = set()
     report = WorkerReport()
     last_was_duplicate = False
-    fail_stale_trials(study)
+    fail_abandoned_trials(study)
     while True:
         status = point_status(study, labels, retry_failed_before=retry_before, attempted=attempted)
         if not status.pending:
@@ -224,9 +231,14 @@ def _fail_if_running(study: optuna.Study, number: int) -> None:
         _mark_failed(study, trial, INTERRUPTED)
 
 
-def fail_stale_trials(study: optuna.Study, grace_period: float = GRACE_PERIOD_S) -> list[int]:
+def fail_abandoned_trials(study: optuna.Study, grace_period: float = GRACE_PERIOD_S) -> list[int]:
     """Mark failed every RUNNING trial whose worker has been silent for `grace_period` seconds
-    (no heartbeat, or none since its start); returns their numbers. Their points become pending."""
+    (no heartbeat, or none since its start); returns their numbers. Their points become pending.
+
+    Unlike `optuna.storages.fail_stale_trials`, which reads Optuna's own heartbeats (RDB storages
+    with `heartbeat_interval` only, beginning after the trial is created) and runs the storage's
+    failure callback, this reads the `heartbeat` user attribute this module writes, on every
+    storage, and counts a trial that never beat from its start: see the module's docstring."""
     now = time.time()
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -244,15 +256,26 @@ def fail_stale_trials(study: optuna.Study, grace_period: float = GRACE_PERIOD_S)
 
 def _mark_failed(study: optuna.Study, trial: FrozenTrial, reason: str | None = None) -> bool:
     """Fail a RUNNING trial from outside its objective (with `reason` as its `fail_reason`);
-    False when it finished or failed meanwhile. No public API does this; Optuna's own stale-trial
-    check makes the same storage call."""
+    False when it finished or failed meanwhile. `Study.tell` would also run the sampler's
+    `after_trial`, so this writes to the storage as Optuna's own stale-trial check does."""
+    storage = _storage_of(study)
     try:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(study.study_name), trial.number)
         if reason is not None:
-            study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, reason)
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            storage.set_trial_user_attr(trial_id, FAIL_REASON, reason)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
     except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
         return False
     return True
+
+
+def _storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage `study` reads and writes: the one `open_study` was given. Optuna has no public
+    accessor for it, so for a study opened some other way this falls back to `Study._storage`,
+    the one private attribute read here."""
+    storage = _STORAGES.get(study)
+    return storage if storage is not None else study._storage
 
 
 class Heartbeat:

@@ -27,7 +27,7 @@ from litv2cli.cli.main import main
 from litv2cli.search.runner import sigterm_as_interrupt, stop_if_asked
 from litv2cli.search.space import SearchSpace
 from litv2cli.search.study import (
-    DUPLICATE_OF, HEARTBEAT, Heartbeat, fail_stale_trials, make_sampler, open_storage, open_study, run_points,
+    DUPLICATE_OF, HEARTBEAT, Heartbeat, fail_abandoned_trials, make_sampler, open_storage, open_study, run_points,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,11 +124,14 @@ def time_limit(seconds: int):
 
 def backdate_heartbeats(url: str) -> None:
     """As if the grace period (120 s) had passed since the killed worker's last heartbeat."""
-    study = optuna.load_study(study_name=STUDY, storage=open_storage(url))
+    storage = open_storage(url)
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    study_id = storage.get_study_id_from_name(STUDY)
     running = study.get_trials(states=(TrialState.RUNNING,))
     assert running
     for trial in running:
-        study._storage.set_trial_user_attr(trial._trial_id, HEARTBEAT, 0.0)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        storage.set_trial_user_attr(trial_id, HEARTBEAT, 0.0)
 
 
 @pytest.mark.slow
@@ -246,9 +249,9 @@ def test_a_beating_trial_stays_running_and_a_silent_one_is_failed(kind, tmp_path
         while last_beat() == first and time.monotonic() < deadline:
             time.sleep(0.02)
         assert last_beat() > first  # the thread beats, not only the start
-        assert fail_stale_trials(study, grace_period=30) == []
+        assert fail_abandoned_trials(study, grace_period=30) == []
     time.sleep(0.1)
-    assert fail_stale_trials(study, grace_period=0.05) == [trial.number]
+    assert fail_abandoned_trials(study, grace_period=0.05) == [trial.number]
     assert study.get_trials()[0].state == TrialState.FAIL
 
 

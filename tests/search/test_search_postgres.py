@@ -148,10 +148,13 @@ def evaluations(stdout: str) -> list[str]:
 
 def backdate_heartbeats(url: str) -> list[int]:
     """As if the heartbeat's grace period (120 s) had passed for every RUNNING trial."""
-    study = optuna.load_study(study_name=STUDY, storage=open_storage(url))
+    storage = open_storage(url)
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    study_id = storage.get_study_id_from_name(STUDY)
     running = study.get_trials(states=(TrialState.RUNNING,))
     for trial in running:
-        study._storage.set_trial_user_attr(trial._trial_id, HEARTBEAT, 0.0)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        storage.set_trial_user_attr(trial_id, HEARTBEAT, 0.0)
     return [t.number for t in running]
 
 
