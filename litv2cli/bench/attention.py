@@ -1,12 +1,11 @@
 """`litv2 bench attention`: Figure 3 of the paper on the device at hand.
 
 Inside one LITv2 backbone (LITv2-S by default) HiLo is replaced by each compared attention
-(`litv2cli.models.attentions`: MSA, SRA, W-MSA, T-MSA) and every variant is measured at every
-resolution: FLOPs, inference throughput, test and train memory. Memory is measured first, one
-model at a time, resolution by resolution: a variant that runs out of memory (CUDA) or past
-the step time budget (CPU, where memory is rarely the limit but time is) is marked so and not
-tried at larger resolutions. Then, resolution by resolution, the throughput of all variants
-that fit, interleaved (on a CPU the whole plan in one fresh process, `litv2cli.bench.measuring`).
+(`litv2cli.models.attentions`) and every variant is measured at every resolution: FLOPs,
+inference throughput, test and train memory. Memory comes first, one model at a time: a variant
+that runs out of memory (CUDA) or past the step time budget (CPU, where time rather than memory
+is the limit) is marked so and not tried at larger resolutions. The variants that fit are then
+timed interleaved at each resolution (on a CPU in one fresh process: `litv2cli.bench.measuring`).
 """
 
 from __future__ import annotations

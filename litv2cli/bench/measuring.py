@@ -2,9 +2,9 @@
 throughput of several models side by side, and peak memory that reports running out of memory
 (or past the CPU's time budget) as an outcome instead of an exception.
 
-On a CPU, all of a plan's throughput is timed in one fresh process with passive OpenMP waiting
-(`litv2cli.measure.fresh_process` says why: spinning OpenMP workers on shared cores made a 5 ms step
-of LITv2-T take up to 800 ms, and a process's history changes its speed).
+On a CPU, all of a plan's throughput is timed in one fresh process with passive OpenMP waiting:
+spinning OpenMP workers on shared cores, and what a process has run before, both change how fast
+a model runs (`litv2cli.measure.fresh_process` says why; BENCHMARKS.md).
 """
 
 from __future__ import annotations

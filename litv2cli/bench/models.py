@@ -1,14 +1,11 @@
 """`litv2 bench model`: Table 1 of the paper on the device at hand.
 
-Params, GFLOPs, throughput and train/test memory of LITv2 and the peers timm ships, every
-model measured in the same process with the same protocol, throughput interleaved step by
-step so that a drifting machine slows all models alike.
-
-FLOPs are multiply-accumulates (MACs), as papers (and ours) report them:
-- LITv2 models: `count_flops`, the official counter's terms (the paper's numbers).
-- timm models: `torch.utils.flop_counter.FlopCounterMode` over one forward at batch 1, halved
-  (it counts a multiply-add as 2 FLOPs). It counts matmuls, convs and attention kernels;
-  normalisation, activations and pooling are free, as in the official counter.
+Params, GFLOPs, throughput and train/test memory of LITv2 and the peers timm ships, every model
+measured with the same protocol, throughput interleaved step by step so that a drifting machine
+slows all models alike. FLOPs are multiply-accumulates (MACs), as papers report them: LITv2's from
+`count_flops` (the official counter's terms, so the paper's numbers), timm models' from PyTorch's
+`FlopCounterMode` halved, since it counts a multiply-add as 2 FLOPs; like the official counter it
+leaves normalisation, activations and pooling out.
 """
 
 from __future__ import annotations

@@ -1,16 +1,12 @@
 """DTM's deformable convolution written with standard ONNX operators (GridSample + Conv).
 
-For a deformable conv whose kernel equals its stride (k x k, stride k, no padding, DTM uses
-k = 2), every input sample belongs to exactly one output position and one kernel tap. So all
-samples can be gathered into a (B, C, k*Ho, k*Wo) map, tap (a, b) of output (i, j) at row
-k*i + a and column k*j + b, with one bilinear `grid_sample` at the positions
-(k*i + a + dy, k*j + b + dx); a plain k x k stride-k convolution of that map with the same
-weights is then exactly the deformable convolution. `grid_sample` with zero padding and
-`align_corners=False` reads a corner outside the map as zero, which is the rule of
-`torchvision.ops.deform_conv2d` and of ONNX `DeformConv`, so the two agree to float rounding.
-
-Runtimes without a `DeformConv` kernel (onnxruntime before 2026, TensorRT without a plugin)
-run this form; GridSample is opset 16, and the exporter writes it from opset 18 on.
+When the kernel equals the stride (k x k, stride k, no padding; DTM has k = 2), every sample
+belongs to exactly one output position and one tap, so one bilinear `grid_sample` can gather all
+samples into a (B, C, k*Ho, k*Wo) map, and a plain k x k stride-k conv of that map with the same
+weights is the deformable conv. With zero padding and `align_corners=False`, `grid_sample` reads a
+corner outside the map as zero, as `torchvision.ops.deform_conv2d` and ONNX `DeformConv` do, so
+the two agree to float rounding. This form is for runtimes without a `DeformConv` kernel
+(onnxruntime before 2026, TensorRT without a plugin); the exporter writes it from opset 18 on.
 """
 
 from __future__ import annotations

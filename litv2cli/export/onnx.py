@@ -1,28 +1,15 @@
 """ONNX export of a LITv2 model, checked before the file is kept.
 
-Exporter: `torch.onnx.export(dynamo=True)`. It captures the model with `torch.export` and
-translates `torchvision::deform_conv2d` to ONNX `DeformConv` (onnxscript's torchlib has that
-translation), so DTM exports as one operator. The TorchScript exporter has no translation for
-it, and its tracing would bake HiLo's Python padding branch into a graph it calls dynamic with
-no error; `torch.export` reasons about sizes symbolically, so we can say exactly which sizes a
-file accepts.
-
-What is dynamic:
-- the batch axis, unless a fixed batch is asked for;
-- height and width, as any multiples of 32, when no HiLo stage pads its map for some of those
-  sizes and not for others. HiLo pads a map to a multiple of its window s; a stage at stride r
-  sees maps that are multiples of 32 / r, so the padding is the same (none) for every input
-  exactly when s divides 32 / r. The paper's windows (2 at stride 16, 1 at stride 32) qualify.
-  Other windows (e.g. 4 at stride 16) make the padding a Python decision on the size, which one
-  exported graph cannot hold for every size: those files get a fixed height and width, with the
-  padding (ONNX `Pad`) inside.
-- The runtime does not enforce "multiples of 32": other sides fail inside the graph (a
-  `Reshape`) or, where they floor to the same maps, give what PyTorch gives.
-
-Every export is checked before it is kept: it is written to a temporary file next to the
-output, passed through `onnx.checker`, run in onnxruntime on random inputs (every dynamic axis
-at two sizes) and compared with the PyTorch model; only a file within `ATOL` is renamed into
-place.
+The exporter is `torch.onnx.export(dynamo=True)`: it captures the model with `torch.export` and
+translates `torchvision::deform_conv2d` to ONNX `DeformConv`, so DTM exports as one operator. The
+TorchScript exporter has no translation for it, and its tracing would silently bake HiLo's Python
+padding branch into a graph it calls dynamic; `torch.export` reasons about sizes symbolically, so
+we can say exactly which sizes a file accepts. The batch axis is dynamic unless a fixed batch is
+asked for. Height and width are dynamic (multiples of 32) only when every HiLo window s divides
+its stage's 32 / stride, so that no size needs padding (the paper's windows do); otherwise the
+padding is a Python decision on the size and the file gets a fixed height and width. Every file
+is written next to the output, passed through `onnx.checker`, run in onnxruntime at two sizes per
+dynamic axis and compared with PyTorch before it is renamed into place.
 """
 
 from __future__ import annotations

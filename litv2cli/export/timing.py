@@ -1,19 +1,13 @@
 """onnxruntime vs PyTorch on this CPU, timed side by side.
 
-Protocol: the same random batch for every engine, the same number of threads for each
-(`torch.set_num_threads` and onnxruntime's intra-op pool, inter-op 1), onnxruntime's idle
-workers not spinning (they would steal cores from PyTorch between interleaved steps);
-`warmup` untimed steps per engine, then `rounds` rounds in which every engine runs one step,
-in an order that rotates from round to round (`litv2cli.measure.protocol.interleaved`), timed with
-`time.perf_counter`. Each engine's result is the median images/s of its steps, with its
-spread (IQR / median, as in `litv2cli.measure.protocol`).
-Interleaving makes a load change on a shared machine hit every engine alike, so the ratio is
-the number to trust, not the absolute speeds. It is the median of the per-round ratios (each
-engine's step against the other's in the same round, moments apart), with their quartiles:
-pairing cancels load changes that a ratio of the two medians, from different rounds, keeps.
-The 1-minute load average is recorded before and after: on an oversubscribed machine
-PyTorch's OpenMP pool (which waits by spinning) loses far more than onnxruntime's, so a ratio
-taken under load with more than one thread overstates onnxruntime's lead.
+Both engines get the same random batch and the same number of threads, with onnxruntime's idle
+workers not spinning (they would steal cores from PyTorch between steps); after `warmup` steps
+each, every round runs one step of each engine in an order that rotates
+(`litv2cli.measure.protocol.interleaved`). The ratio to trust is the median of the per-round
+ratios, with their quartiles: pairing steps taken moments apart cancels load changes that a ratio
+of two medians keeps. The load average is recorded before and after, because under load
+PyTorch's spinning OpenMP pool loses far more than onnxruntime's, so a ratio taken on an
+oversubscribed machine with more than one thread overstates onnxruntime's lead.
 """
 
 from __future__ import annotations

@@ -1,26 +1,14 @@
 """Run a function in a fresh Python process, for timings that a long-lived process distorts.
 
-On a CPU, what a process has done before changes how fast the next model runs in it. LITv2-S
-measured 10.8-11.0 images/s in one process, then 13.4 once `litv2 search`'s zero-cost proxies
-(backward passes at batch 16) had run in it: the C allocator keeps the pages they touched, so
-later steps page-fault less. A search timing in its own process measured its first point,
-timed before any proxy, 40% slower than the same point at the end. A timing made in its own
-process starts from the same state as every other.
-
-Starting Python and importing torch and timm takes about 4 s, so the processes are forked from
-a server that has done that once (multiprocessing's fork server, preloaded with our models):
-a call then costs about 50 ms, plus the time to pass the model (about 2 s for LITv2-S).
-
-The server, and so every child, waits passively for OpenMP work (`omp_wait_policy`): by default
-OpenMP's worker threads spin while they wait, and on cores shared with other processes a
-spinning worker holds the core the main thread needs (a 5 ms step of LITv2-T took from 20 ms to
-over 800 ms on 2 busy cores). The policy is read once, when torch loads the OpenMP runtime, so
-only a new process can change it; the server keeps the environment and thread count this
-process had when it first needed one.
-
-A child lives no longer than its call: the caller kills it when it stops waiting (timeout,
-Ctrl-C, SIGTERM turned into an interrupt), and the child ends by itself when the caller dies
-without a chance to (`_exit_with_caller`).
+On a CPU, what a process has run before changes how fast the next model runs in it: after
+`litv2 search`'s zero-cost proxies the C allocator keeps the pages their backward passes touched,
+so later steps page-fault less, and a search timing in its own process ranked its first point,
+timed before any proxy, too slow (BENCHMARKS.md, Search). The processes are forked from a server
+that has imported torch and our models once, so a call costs little more than passing the model.
+The server, and so every child, waits passively for OpenMP work: spinning workers hold the cores
+the main thread needs on a shared machine, and torch reads the policy once, when it loads, so
+only a new process can change it. A child lives no longer than its call, even when the caller
+dies without a chance to kill it (`_exit_with_caller`).
 """
 
 from __future__ import annotations

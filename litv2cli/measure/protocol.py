@@ -1,42 +1,16 @@
 """The measurement protocol shared by `litv2 search` and `litv2 bench`: speed and memory of any
-`nn.Module`, measured on the device at hand, never estimated.
+`nn.Module`, measured on the device at hand, never estimated (`Measurement.protocol` states it).
 
-Protocol (state it with every number, see `Measurement.protocol`):
-
-- The model runs on `device` (CUDA when present, else CPU) in the caller's dtype, with random
-  inputs of shape (batch, 3, H, W). `mode="infer"` times a forward pass under
-  `torch.inference_mode()` in eval mode; `mode="train"` times forward, backward (loss: mean of
-  the outputs) and an AdamW step on a deep copy of the model, so the caller's weights are kept.
-- With `autocast_dtype` (bfloat16 or float16) every step runs under `torch.autocast` with the
-  weights left as they are, as accelerate's mixed-precision training runs, so that what is
-  timed is what training computes.
-- On CUDA everything runs with `device` as the current device (`on_device`): CUDA events,
-  streams, synchronisation and memory statistics follow the current device, so without it
-  `cuda:1` would be timed on `cuda:0`'s stream. cuDNN's autotuner is on (`cudnn.benchmark`), as
-  in training; the previous setting is restored afterwards.
-- `warmup` untimed steps first (allocator, oneDNN/cuDNN autotuning, lazy init), then `repeats`
-  timed steps, one sample each. On CUDA each step is timed with CUDA events and the device is
-  synchronised before the clock is read; on CPU with `time.perf_counter`.
-- The result is the **median** images/s of the samples. Its **spread** is the interquartile
-  range of the samples divided by their median (IQR / median): robust to one preempted step
-  on a shared machine, yet it grows when the machine is busy throughout. A round whose spread
-  is above `max_spread` (10%) is refused and measured again, at most `max_rounds` rounds; the
-  round with the smallest spread is kept and, if still above the limit, reported with
-  `stable=False` rather than hidden.
-
-Peak memory (`measure_peak_memory`):
-
-- CUDA: `torch.cuda.max_memory_allocated()` over one step of the given mode, the peak reset
-  after a first step (autotuning workspaces, optimizer state). It counts weights, activations and, in train mode, gradients and
-  optimizer state held by PyTorch's allocator.
-- CPU: there is no allocator statistic, so one step runs in a fresh Python process (a
-  long-lived process keeps freed pages resident, which would hide the growth). The child
-  records its resident set (`VmRSS`), resets the kernel's peak (`VmHWM`, via
-  `/proc/self/clear_refs`), runs two steps and reads the peak again. The value reported is the
-  peak growth plus the bytes of parameters and buffers, so that it counts the same things as
-  the CUDA figure. It runs under the same autocast as the timing. It includes the C
-  allocator's and the thread pools' overhead, so it is an upper estimate of what PyTorch itself
-  holds. Linux only; the model must be picklable.
+Throughput: random inputs, under `torch.autocast` when asked with the weights left as they are,
+as mixed-precision training runs; a train step is forward, backward and AdamW on a copy.
+`warmup` untimed steps, then `repeats` timed ones; the result is their median images/s, and the
+spread (IQR / median) shrugs off one preempted step but grows when the machine is busy
+throughout. A round above `max_spread` is measured again, up to `max_rounds` rounds, and if none
+gets below it the steadiest is reported with `stable=False` rather than hidden. CUDA work runs
+with `device` current (`on_device`: events and memory statistics follow the current device) and
+cuDNN's autotuner on, as in training. Peak memory is the CUDA allocator's peak over a step after
+a first one (autotuning workspaces, optimizer state), or on a CPU the peak RSS growth of a fresh
+process (a long-lived one keeps freed pages resident) plus the weights.
 """
 
 from __future__ import annotations

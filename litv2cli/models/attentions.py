@@ -1,30 +1,14 @@
 """The attentions the paper compares HiLo with (Table 4, Figure 3), small and readable.
 
-Each one drops into a LITv2 stage in place of HiLo: the same constructor
-`(dim, num_heads, window_size, alpha, qkv_bias=True)`, `forward(x (B, N, C), height, width)`
-and `flops(height, width)` (multiply-accumulates counted like `hilo_flops`: linear layers,
-convs, and the two attention matmuls; softmax, masks and pooling are free). `alpha` only
-means something to HiLo and is ignored here. `window_size` is the LITv2 stage's own value
-(2 in stage 3, 1 in stage 4 for LITv2-S); how each module reads it:
-
-- `MSA`: plain global multi-head self-attention (ViT); ignores it.
-- `SRA`: PVT's spatial-reduction attention; keys and values come from the map reduced by a
-  strided conv + LayerNorm with ratio `window_size` (2 and 1: PVT's own ratios for its third
-  and fourth stages, so stage 4 is plain attention as in PVT).
-- `WindowAttention` (W-MSA): Swin's attention inside non-overlapping 7 x 7 windows, in every
-  second block of a stage on windows shifted by 3 (`alternate_blocks`), with Swin's mask for
-  the tokens that the cyclic shift brings together. Maps smaller than a window use one
-  window of the map's size and no shift, as Swin does.
-- `TwinsLocalAttention` / `SRA` (T-MSA): Twins-SVT alternates locally-grouped attention
-  (7 x 7 windows, never shifted) with global sub-sampled attention (SRA with ratio
-  `window_size`, Twins' ratios for those stages) block by block (`alternate_blocks`).
-
-The registry builds every block with the same class; Swin and Twins alternate two kinds of
-block, so a model built with "w_msa" or "t_msa" goes through `alternate_blocks` once after
-construction (`build_attention_backbone` in `litv2cli.bench` does it).
-
-Maps of any size work: windows and reductions pad the map bottom/right with zeros to a
-multiple of their size and crop back, as `HiLo` does.
+Each drops into a LITv2 stage in place of HiLo, with the same constructor
+`(dim, num_heads, window_size, alpha, qkv_bias=True)`, `forward(x, height, width)` and
+`flops(height, width)` counted like `hilo_flops`. `alpha` is ignored. `window_size` is the
+stage's own value (2 in stage 3, 1 in stage 4 for LITv2-S): SRA and Twins' global attention take
+it as their reduction ratio (PVT's and Twins' own ratios for those stages), MSA ignores it, and
+Swin's and Twins' local attentions keep their 7 x 7 windows. Swin and Twins alternate two kinds of
+block but the registry builds every block with one class, so a "w_msa" or "t_msa" model goes
+through `alternate_blocks` once after construction (`build_attention_backbone` in
+`litv2cli.bench` does it). Maps of any size are padded and cropped back, as `HiLo` does.
 """
 
 from __future__ import annotations

@@ -1,19 +1,14 @@
 """Deformable token merging (DTM): the 2x downsampling between LITv2 stages.
 
-A 2x2 stride-2 deformable conv (C -> 2C) whose sampling offsets come from a plain 2x2 stride-2
-conv, then BatchNorm and GELU. The offset layout ((dy, dx) per kernel tap, no modulation mask)
-is that of `torchvision.ops.deform_conv2d`, which the official weights use, so they load one to
-one. No resolution is fixed at construction.
-
-torchvision's CPU kernel builds its im2col buffer one sample at a time, on one core: about 19%
-of LITv2-S's inference time and over a third of a training step (batch 8, 224, 2 cores).
-`deform_conv2d_gather` computes the same function with ops that run at memory speed: one
-`embedding_bag` gathers and weights the four bilinear neighbours of every sample straight from
-the (B*H*W, C) token rows, in the row layout the GEMM that follows wants. On a GPU it is the
-other way round: torchvision's CUDA kernel is the faster one, and CUDA has no bf16 backward
-for a weighted `embedding_bag`, so the gather runs on a CPU only (BENCHMARKS.md has both).
-torchvision's op also runs whenever the model is exported (ONNX translates it to DeformConv)
-or scripted.
+A 2x2 stride-2 deformable conv (C -> 2C) whose offsets come from a plain 2x2 stride-2 conv, then
+BatchNorm and GELU. The offset layout is that of `torchvision.ops.deform_conv2d`, which the
+official weights use, so they load one to one. torchvision's CPU kernel fills its im2col buffer
+one sample at a time on one core, which makes DTM a large part of LITv2's time on a CPU;
+`deform_conv2d_gather` computes the same function as one `embedding_bag` over the (B*H*W, C)
+token rows and one GEMM, with ops that use every core. On a GPU torchvision's CUDA kernel is the
+faster one, and CUDA has no bf16 backward for a weighted `embedding_bag`, so the gather runs on a
+CPU only (BENCHMARKS.md has both). Export and TorchScript also take torchvision's op (ONNX
+translates it to DeformConv).
 """
 
 from __future__ import annotations

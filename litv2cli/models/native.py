@@ -4,13 +4,10 @@ On a CPU, HiLo's attention is thousands of tiny problems (per image and head: 19
 against 49 pooled keys for Lo-Fi, 2 x 2 windows for Hi-Fi) on which
 `scaled_dot_product_attention` spends more time in blocking and bookkeeping than in arithmetic;
 `kernels/hilo_cpu.cpp` does the same sums with the shapes fixed at compile time and adds the
-projection biases itself (BENCHMARKS.md has the measured gain).
-
-The kernels are built by the C++ compiler on PATH (`CXX`, else g++) for this CPU
-(-march=native), linked to the OpenMP runtime PyTorch itself loaded (one thread pool, sized by
-torch.set_num_threads), and cached under ~/.cache/litv2cli/kernels (`LITV2_CACHE_DIR`,
-`XDG_CACHE_HOME`). They serve inference only: autograd, torch.compile and export take the
-PyTorch path. Without a compiler, or with LITV2_NATIVE=0, HiLo runs on
+projection biases itself (BENCHMARKS.md has the measured gain). The kernels are built for this
+CPU by the compiler on PATH (`CXX`, else g++), linked to the OpenMP runtime PyTorch loaded (one
+thread pool), and cached under ~/.cache/litv2cli/kernels (`LITV2_CACHE_DIR`, `XDG_CACHE_HOME`). Autograd,
+torch.compile and export, a machine without a compiler, and LITV2_NATIVE=0 take
 scaled_dot_product_attention: the same outputs, slower. `status()` says which and why.
 """
 
@@ -33,9 +30,9 @@ from litv2cli.models.capture import capturing
 
 SOURCE = Path(__file__).with_name("kernels") / "hilo_cpu.cpp"
 HEAD_DIMS = (16, 32, 48, 64)  # the kernels keep 4 queries x HD / 16 output vectors in registers
-# Lo-Fi keys per image up to which the kernels beat SDPA's blocked kernel: 1.07-1.19x the layer
-# at 49 keys, 1.01-1.06x at 196 (a 28 x 28 map at s = 2), 0.97-0.99x at 256
-# (`python benchmarks/bench_hilo.py keys`).
+# Lo-Fi keys per image up to which the kernels beat SDPA's blocked kernel (196: a 28 x 28 map at
+# s = 2); their lead shrinks as keys grow and is gone beyond this (BENCHMARKS.md, HiLo layer,
+# `python benchmarks/bench_hilo.py keys`).
 MAX_KEYS = 196
 
 _lock = threading.Lock()

@@ -3,10 +3,9 @@
 A point is on the front when no other point is at least as good on every objective and
 strictly better on one. The pick rules:
 
-- `knee` (default): on the front, scale every objective to [0, 1] (1 = the best value on the
-  front, 0 = the worst) and take the point nearest the ideal point (1, ..., 1) in Euclidean
-  distance: the most balanced trade-off. With one objective it is that objective's best.
-- `max-top1`: the best accuracy proxy; ties are broken by throughput, so where accuracy is
+- `knee` (default): scale every objective to [0, 1] over the front (1 = best) and take the
+  point nearest (1, ..., 1), the most balanced trade-off; with one objective, its best.
+- `max-top1`: the best accuracy proxy, ties broken by throughput, so that where accuracy is
   flat the measured speed decides.
 - `max-throughput`: the fastest point; ties broken by the accuracy proxy.
 """

@@ -1,24 +1,15 @@
 """Zero-cost accuracy proxies: published training-free scores of a network at initialisation.
 
-- `naswot` (Mellor et al., "Neural Architecture Search without Training", ICML 2021): the log
-  determinant of the kernel of binary activation codes of a minibatch. LITv2 has GELUs, not
-  ReLUs; the code of a unit is the sign of its GELU input, the usual adaptation.
-- `snip` (Lee et al., ICLR 2019, as a proxy in Abdelfattah et al., "Zero-Cost Proxies for
-  Lightweight NAS", ICLR 2021): sum over conv/linear weights of |theta * dL/dtheta| for the
-  cross-entropy loss of a labelled minibatch.
-- `grad_norm` (Abdelfattah et al. 2021): sum over conv/linear weights of ||dL/dtheta||_2.
-- `synflow` (Tanaka et al., NeurIPS 2020): with every parameter replaced by its absolute value,
-  in float64, R = sum of the outputs for an all-ones input; score sum |theta * dR/dtheta|. It
-  uses no data.
-
-The data-dependent scores use the same few real minibatches for every configuration and the
-same initialisation seed, so that configurations differ only by architecture. Scores of
-different kinds are not comparable in scale, so they are combined by rank (`combine_by_rank`):
-each proxy ranks the configurations, and the combined score is the mean rank scaled to [0, 1].
-
-What these scores are worth: on NAS-Bench-201 they reach a Spearman rho of about 0.6-0.75, no
-better than parameter or FLOP counts, and they transfer poorly to vision transformers. LITv2-S's
-ImageNet top-1 spans only 0.22 points over alpha 0.2-1.0: no cheap proxy resolves that.
+`naswot` (Mellor et al., ICML 2021; LITv2 has GELUs, so a unit's binary code is the sign of its
+GELU input, the usual adaptation), `snip` (Lee et al., ICLR 2019) and `grad_norm` (both as proxies
+in Abdelfattah et al., "Zero-Cost Proxies for Lightweight NAS", ICLR 2021), and `synflow` (Tanaka
+et al., NeurIPS 2020; no data). The data-dependent scores use the same minibatches and
+initialisation seed for every configuration, so that configurations differ only by architecture.
+Scores of different kinds are not comparable in scale, so they are combined by rank
+(`combine_by_rank`). What they are worth: on NAS-Bench-201 they reach a Spearman rho of about
+0.6-0.75, no better than parameter or FLOP counts, and they transfer poorly to vision
+transformers; LITv2-S's ImageNet top-1 spans only 0.22 points over alpha 0.2-1.0 in the paper,
+which no cheap proxy resolves.
 """
 
 from __future__ import annotations

@@ -1,17 +1,12 @@
 """Where a search's studies live: resolving `--storage`, opening it, and naming its failures.
 
-- SQLite in the output directory by default (`sqlite:///<output>/search.db`), any Optuna RDB URL
-  (`postgresql+psycopg://user:pass@host/db`, MySQL), or an append-only journal file
-  (`journal:PATH` or a path ending in `.log`, Optuna's `JournalFileBackend`) for many workers on
-  a shared filesystem, where SQLite's locking is unsafe.
-- A URL holding a password can come from the environment instead of the command line, so that it
-  shows in neither `ps` nor the shell's history: `--storage env:NAME` reads the variable NAME,
-  and with no `--storage` at all `LITV2_STORAGE` is used when it is set.
-- The password never reaches a printed line, a log or a recipe: every message that could hold
-  the URL goes through `redact` or `mask_secret`.
-- A database server that goes away while a search runs (restarted, unreachable) surfaces deep in
-  Optuna, wrapped in its own errors; `lost_storage` tells such a failure from a bug so that the
-  search can end with one line instead of a traceback. The study stays in the database.
+SQLite in the output directory by default, any Optuna RDB URL, or an append-only journal file
+(`journal:PATH` or `*.log`) for many workers on a shared filesystem, where SQLite's locking is
+unsafe. A URL with a password can come from the environment (`--storage env:NAME`, or
+`LITV2_STORAGE`) so that it shows in neither `ps` nor the shell's history, and the password never
+reaches a printed line, a log or a recipe (`redact`, `mask_secret`). A database that goes away
+mid-search surfaces deep in Optuna, wrapped in its own errors; `lost_storage` tells that from a
+bug so that the search ends with one line instead of a traceback, the study kept in the database.
 """
 
 from __future__ import annotations

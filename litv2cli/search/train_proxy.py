@@ -1,14 +1,12 @@
 """The `train` accuracy proxy: a short training of one point on the user's data, through the
-same training loop as `litv2 pretrain` (`litv2cli.train.loop.train`), with a smaller budget.
+same loop as `litv2 pretrain` (`litv2cli.train.loop.train`), with a smaller budget.
 
-Validation top-1 is reported to Optuna after every epoch; the study's pruner (successive
-halving or Hyperband) compares it with the other points at the same step and stops hopeless
-ones early. The budget recipe is the variant's recipe with the budget's epochs, resolution and
-batch, the learning rate taken as given (no linear scaling from the reference batch of 1024,
-which would leave a few-epoch run at a uselessly small LR), no warm-up, no drop path, and no
-Mixup/CutMix/RandAugment/random erasing: heavy regularisation only pays off over hundreds of
-epochs and would hide the differences a short run can show. It trains in the budget's
-precision, which `litv2 search` sets to its own: the points are trained as they are timed.
+Validation top-1 goes to Optuna after every epoch, so the study's pruner can stop hopeless points
+early. The budget recipe is the variant's with the budget's epochs, resolution, batch and
+precision (the search's own, so that points are trained as they are timed), the learning rate as
+given (linear scaling from batch 1024 would leave a few-epoch run with a uselessly small LR), and
+no warm-up, drop path, Mixup/CutMix, RandAugment or random erasing: heavy regularisation only pays
+off over hundreds of epochs and would hide the differences a short run can show.
 """
 
 from __future__ import annotations
