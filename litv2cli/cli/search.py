@@ -73,6 +73,8 @@ Seed = Annotated[int, typer.Option("--seed", help="Seed of initialisation, data 
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 
 
+# Typer reads the options from this signature (one line each); the body checks them, builds the
+# search's config and hands the results to `_report`.
 @app.command()
 def search(
     objective: Objectives = "throughput,top1",
@@ -127,7 +129,7 @@ def search(
     from litv2cli.search.proxies import parse_proxies
     from litv2cli.search.runner import PROXY_KINDS, PRUNERS
     from litv2cli.search.study import SAMPLERS
-    from litv2cli.search.space import build_space, parse_alphas, parse_windows
+    from litv2cli.search.space import parse_alphas, parse_windows
     from litv2cli.search.train_proxy import TrainBudget
 
     objectives = parse_objectives(objective)
@@ -143,20 +145,12 @@ def search(
     check_choice("--pruner", pruner, PRUNERS)
     check_choice("--precision", precision, PRECISIONS)
     check_pick_rule(pick, objectives)
-    if device is not None and device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {device}: no CUDA device is available here")
+    _check_device(device)
     wants_top1 = any(o.name == "top1" for o in objectives)
     if wants_top1 and data is None:
         raise UserError(f"--objective {objective}: top1 needs --data for the {proxy} proxy (e.g. --data demo), "
                         "or drop top1")
-    from litv2cli.models import VARIANTS
-
-    for name in variants:  # every space is validated before anything is measured
-        build_space(name, VARIANTS[name].num_heads, alphas=alpha, windows=window, per_stage_window=per_stage_window,
-                    resolution=resolution)
+    _check_spaces(variants, alpha, window, per_stage_window, resolution)
     if not no_recipes:
         _check_not_the_shipped_recipes(recipes_dir, variants)
     config = SearchConfig(
@@ -174,7 +168,11 @@ def search(
     )
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported one line each by the search
     say = (lambda text: typer.echo(text, err=True)) if json_output else typer.echo
-    results = run_search(config, say=say)
+    _report(run_search(config, say=say), config, json_output)
+
+
+def _report(results: list, config, json_output: bool) -> None:
+    """One JSON object (per variant, the search's JSON file) or, per variant, the front and the files."""
     if json_output:
         typer.echo(json.dumps({r.variant: json.loads(r.files["json"].read_text()) for r in results}))
         return
@@ -187,6 +185,25 @@ def search(
             console.print(f"  {kind}: {path}")
     console.print("[dim]Note: LITv2-S ImageNet top-1 spans only 0.22 points over alpha 0.2-1.0; no cheap proxy "
                   "resolves that, so within that band let the measured speed decide.[/dim]")
+
+
+def _check_device(device: str | None) -> None:
+    if device is not None and device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: no CUDA device is available here")
+
+
+def _check_spaces(variants: tuple[str, ...], alpha: str, window: str, per_stage_window: bool,
+                  resolution: tuple[int, int]) -> None:
+    """Every variant's space is validated before anything is measured."""
+    from litv2cli.models import VARIANTS
+    from litv2cli.search.space import build_space
+
+    for name in variants:
+        build_space(name, VARIANTS[name].num_heads, alphas=alpha, windows=window, per_stage_window=per_stage_window,
+                    resolution=resolution)
 
 
 def _check_not_the_shipped_recipes(recipes_dir: Path, variants: tuple[str, ...]) -> None:
