@@ -30,7 +30,7 @@ def run_evaluation(spec: RunSpec) -> dict:
                          alpha=recipe.alpha, local_ws=tuple(recipe.window))
     load_into(model, read_state_dict(spec.init_from), source=str(spec.init_from), allow_new_head=False)
     model = accelerator.prepare(model)
-    # The loss training's evaluation reports (engine.run_eval): plain cross-entropy, summed, then
+    # The loss training's evaluation reports (Trainer.run_eval in train/loop.py): plain cross-entropy, summed, then
     # averaged over every image of every process.
     result = evaluate(accelerator, model, dataset, batch_size=recipe.batch_size, workers=spec.workers,
                       criterion=nn.CrossEntropyLoss(reduction="sum"))

@@ -15,7 +15,7 @@ def run_spec(spec: RunSpec) -> int:
     """Run a spec in this process; any failure becomes one line naming the rank, and an exit
     code: 2 for what the user can fix, 3 for a non-finite loss, 4 for a checkpoint that cannot be
     written, 1 for anything else (its traceback goes to a file the line names)."""
-    from litv2cli.train import loop as engine
+    from litv2cli.train import loop
     from litv2cli.run.launch import report_error
 
     finished = False
@@ -25,15 +25,15 @@ def run_spec(spec: RunSpec) -> int:
 
             run_evaluation(spec)
         else:
-            engine.train(spec)
+            loop.train(spec)
         finished = True
-    except (UserError, engine.ResumeMismatch) as exc:
+    except (UserError, loop.ResumeMismatch) as exc:
         report_error(str(exc), 2)
         return 2
-    except engine.NonFiniteLoss as exc:
+    except loop.NonFiniteLoss as exc:
         report_error(str(exc), 3)
         return 3
-    except engine.CheckpointWriteError as exc:
+    except loop.CheckpointWriteError as exc:
         report_error(str(exc), 4)
         return 4
     except Exception as exc:  # a defect, or a peer that died: one line here, the traceback in a file

@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,10 @@ def make_accelerator(spec: RunSpec, recipe: Recipe, run_dir: Path, hidden_size: 
     )
     if spec.deepspeed:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        config = dsconfig.read_config(Path(spec.deepspeed))
+        dsconfig.check_recipe(recipe, config)  # the CLI checks it before launching; library callers meet it here
         config = dsconfig.fill_config(
-            dsconfig.read_config(Path(spec.deepspeed)), micro_batch=recipe.batch_size, accum=recipe.accum,
+            config, micro_batch=recipe.batch_size, accum=recipe.accum,
             world_size=world_size, clip_grad=recipe.clip_grad, precision=precision, hidden_size=hidden_size,
             origin=spec.deepspeed,
         )
@@ -160,225 +163,366 @@ def train(spec: RunSpec, *, on_eval: EvalCallback | None = None,
           stop_hint: str = "resume with --resume auto") -> dict[str, Any]:
     """Run (or resume) training as described by `spec`; returns the last evaluation. `stop_hint`
     ends the line printed when a signal stops the run (callers that resume otherwise say how)."""
-    recipe = Recipe.model_validate(spec.recipe)
-    run_dir = Path(spec.output)
-    # Join the process group first: a rank that fails after joining ends its peers' collectives
-    # at once, while one that fails before would leave them waiting for it to join.
-    accelerator = make_accelerator(spec, recipe, run_dir, hidden_size=variant_spec(recipe.variant).num_features)
-    train_set, val_set = (open_split(spec.data, split, image_column=spec.image_column,
-                                     label_column=spec.label_column, streaming=spec.streaming)
-                          for split in (spec.train_split, spec.val_split))
-    num_classes = recipe.num_classes or train_set.num_classes
+    return Trainer(spec).train(on_eval=on_eval, stop_hint=stop_hint)
 
-    checkpointing.share_output_across_nodes(accelerator, run_dir)
-    set_seed(recipe.seed)  # identical initial weights on every rank
-    model = build_model(recipe, num_classes, spec, accelerator.print)
-    world = accelerator.num_processes
-    total_batch = recipe.batch_size * recipe.accum * world
-    lr, warmup_lr, min_lr = recipe.scaled_lrs(total_batch)
-    optimizer = build_optimizer(model, lr=lr, weight_decay=recipe.weight_decay,
-                                offset_lr_scale=recipe.offset_lr_scale, betas=recipe.betas, eps=recipe.eps)
 
-    train_set.set_transform(build_train_transform(
-        recipe.res, auto_augment=recipe.auto_augment, color_jitter=recipe.color_jitter, re_prob=recipe.reprob,
-        hflip=recipe.hflip, interpolation=recipe.interpolation, scale=recipe.train_scale,
-        mean=recipe.mean, std=recipe.std))
-    val_set.set_transform(eval_transform(recipe))
-    per_step = recipe.batch_size * recipe.accum
-    if spec.streaming:
-        sampler = None
-        per_rank = spec.train_size // world // per_step * per_step
-        train_size = spec.train_size
-    else:
-        sampler = ResumableDistributedSampler(len(train_set), num_replicas=world, rank=accelerator.process_index,
-                                              batch_size=per_step, seed=recipe.seed)
-        per_rank = sampler.per_rank
-        train_size = len(train_set)
-    steps_per_epoch = per_rank // per_step
-    if steps_per_epoch == 0:
-        raise ValueError(f"the training split has {train_size} images, fewer than one step of "
-                         f"{recipe.batch_size} x {recipe.accum} x {world}")
-    total_steps = steps_per_epoch * recipe.epochs
-    scheduler = build_scheduler(optimizer, total_steps=total_steps,
-                                warmup_steps=round(recipe.warmup_epochs * steps_per_epoch),
-                                warmup_lr=warmup_lr, min_lr=min_lr)
-    if spec.deepspeed and accelerator.state.deepspeed_plugin.zero_stage == 3:
-        gather_with_owner(model)
-    if spec.compile:
-        model = torch.compile(model)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    input_dtype = compute_dtype(model)
-    ema = FloatEma(accelerator.unwrap_model(model), recipe.ema_decay) if recipe.ema else None
-    mixup, criterion = build_loss(recipe, num_classes)
-    eval_criterion = nn.CrossEntropyLoss(reduction="sum")
+@dataclass
+class StepResult:
+    """What one micro-batch leaves for the loop: its loss, whether the loss was finite on every
+    rank, whether any rank was asked to stop, and how many images it trained on across ranks."""
 
-    state = resume(accelerator, run_dir, spec.resume, ema) if spec.resume else TrainState()
-    state.world_size = world
-    scheduler.step_update(state.step)
-    metrics = MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process)
-    if spec.log_with:
-        accelerator.init_trackers(run_dir.name, config=flat_config(recipe, world, total_batch))
-    stop = StopRequest()
-    stop.install()
-    progress = TrainProgress(enabled=spec.progress and accelerator.is_main_process,
-                             total_steps=min(total_steps, spec.max_steps or total_steps), start=state.step,
-                             epochs=recipe.epochs, completed_epochs=state.epoch)
-    items = None if spec.streaming else SeededItems(train_set, seed=recipe.seed)
-    last_eval: dict[str, Any] = {}
-    device = accelerator.device
-    try:
-        while state.epoch < recipe.epochs:
-            loader = epoch_loader(train_set, items, sampler, recipe, spec, state, world, accelerator.process_index)
-            model.train()
-            skipped_images = 0
-            window_start, window_images, window_loss, window_count = time.perf_counter(), 0, 0.0, 0
-            for images, labels, num_skipped in loader:
-                if state.position >= per_rank:  # a stream runs on past the epoch's end
-                    break
-                skipped_images += num_skipped
-                state.position += recipe.batch_size
-                if mixup is not None and images.shape[0] % 2:  # Mixup pairs samples; a corrupt image left one over
-                    images, labels = images[:-1], labels[:-1]
-                # Unreadable images can leave a batch too small to train on (batch norm needs two
-                # samples); every rank then skips this batch together, so collectives stay in step.
-                unusable = accelerator.reduce(torch.tensor([float(images.shape[0] < 2)], device=device), "sum")
-                if unusable.item() > 0:
-                    continue
-                images = images.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                if mixup is not None:
-                    images, targets = mixup(images, labels)
-                else:
-                    targets = labels
-                images = as_model_input(images, input_dtype, spec.channels_last)
-                with accelerator.accumulate(model):
-                    with step_autocast(accelerator):
-                        loss = criterion(model(images).float(), targets)
-                    flags = accelerator.reduce(
-                        torch.tensor([float(not torch.isfinite(loss)), float(stop.requested)], device=device), "sum")
-                    if flags[0] > 0:
-                        state.nonfinite_skipped += 1
-                        optimizer.zero_grad(set_to_none=True)
-                        if spec.deepspeed or state.nonfinite_skipped > spec.skip_nonfinite:
-                            raise NonFiniteLoss(
-                                f"non-finite loss at step {state.step} (epoch {state.epoch + 1}); "
-                                f"the last good checkpoint is kept in {checkpointing.checkpoint_dir(run_dir)}")
-                        log.warning("non-finite loss at step %d skipped (%d so far)", state.step, state.nonfinite_skipped)
-                    else:
-                        accelerator.backward(loss)
-                        if accelerator.sync_gradients and recipe.clip_grad:
-                            accelerator.clip_grad_norm_(model.parameters(), recipe.clip_grad)
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                        window_loss += loss.detach().float().item()
-                        window_count += 1
-                window_images += images.shape[0] * world
-                if not accelerator.sync_gradients:
-                    continue
-                state.step += 1
-                scheduler.step_update(state.step)
-                if ema is not None:
-                    ema.update(accelerator.unwrap_model(model))
-                current_lr = optimizer.param_groups[0]["lr"]
-                if state.step % spec.log_every == 0 or state.step == 1:
-                    elapsed = time.perf_counter() - window_start
-                    record = dict(step=state.step, epoch=state.epoch, loss=window_loss / max(window_count, 1),
-                                  lr=current_lr, images_per_s=window_images / max(elapsed, 1e-9))
-                    metrics.write(**record)
-                    if spec.log_with:
-                        accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)
-                    window_start, window_images, window_loss, window_count = time.perf_counter(), 0, 0.0, 0
-                    progress.update(state, loss=record["loss"], lr=current_lr, images_per_s=record["images_per_s"])
-                else:
-                    progress.update(state, loss=loss.detach().float().item(), lr=current_lr)
-                reached_max = reached_max_steps(spec, state)
-                if flags[1] > 0 or (spec.save_every and state.step % spec.save_every == 0 and not reached_max):
-                    save(accelerator, run_dir, state, spec.keep, ema)
-                if flags[1] > 0:
-                    metrics.write(event="stopped", step=state.step, epoch=state.epoch, reason="signal")
-                    accelerator.print(f"stopped by signal at step {state.step}; {stop_hint}")
-                    return last_eval
-                if reached_max or state.position >= per_rank:
-                    break
-            skipped_total = int(accelerator.reduce(torch.tensor(skipped_images, device=device), "sum").item())
-            epoch_done = state.position >= per_rank
-            if epoch_done:
-                state.epoch += 1
-                state.position = 0
-            if skipped_total:
-                accelerator.print(f"epoch {state.epoch}: skipped {skipped_total} unreadable training images")
-            if epoch_done and (state.epoch % recipe.eval_every_epochs == 0 or state.epoch == recipe.epochs) \
-                    or reached_max_steps(spec, state):
-                last_eval = run_eval(accelerator, model, ema, val_set, recipe, spec, eval_criterion, state,
-                                     skipped_total, metrics)
-                if on_eval is not None and on_eval(state.step, last_eval):
-                    save(accelerator, run_dir, state, spec.keep, ema)
-                    break
-            save(accelerator, run_dir, state, spec.keep, ema)
-            if reached_max_steps(spec, state):
-                break
-        write_final_weights(accelerator, model, ema, run_dir)
-    finally:
-        stop.uninstall()
-        progress.close()
+    loss: torch.Tensor
+    finite: bool
+    stop: bool
+    images: int
+
+
+class LogWindow:
+    """The micro-batches since the last metrics line: the mean of their finite losses and the
+    throughput over them, so each logged line describes its own stretch of training."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.images, self.loss, self.count = time.perf_counter(), 0, 0.0, 0
+
+    def record(self, result: StepResult) -> None:
+        if result.finite:
+            self.loss += result.loss.detach().float().item()
+            self.count += 1
+        self.images += result.images
+
+    def summary(self) -> tuple[float, float]:
+        """(mean loss, images per second) of the window."""
+        elapsed = time.perf_counter() - self.start
+        return self.loss / max(self.count, 1), self.images / max(elapsed, 1e-9)
+
+
+class Trainer:
+    """Everything one training run holds: what the set-up builds (accelerator, data, model,
+    optimizer, schedule, loss, checkpoint state) and the loop over it.
+
+    Every rank runs the same sequence of collectives (the reduces of each step and epoch, the
+    barriers of evaluation and saving) in the same order; the methods below keep that order, as
+    a rank that skips or repeats one leaves its peers waiting.
+    """
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
+        self.recipe = recipe = Recipe.model_validate(spec.recipe)
+        self.run_dir = Path(spec.output)
+        # Join the process group first: a rank that fails after joining ends its peers' collectives
+        # at once, while one that fails before would leave them waiting for it to join.
+        self.accelerator = make_accelerator(spec, recipe, self.run_dir,
+                                            hidden_size=variant_spec(recipe.variant).num_features)
+        self.train_set, self.val_set = (open_split(spec.data, split, image_column=spec.image_column,
+                                                   label_column=spec.label_column, streaming=spec.streaming)
+                                        for split in (spec.train_split, spec.val_split))
+        self.num_classes = recipe.num_classes or self.train_set.num_classes
+
+        checkpointing.share_output_across_nodes(self.accelerator, self.run_dir)
+        set_seed(recipe.seed)  # identical initial weights on every rank
+        self.model = build_model(recipe, self.num_classes, spec, self.accelerator.print)
+        self.world = self.accelerator.num_processes
+        self.total_batch = recipe.batch_size * recipe.accum * self.world
+        lr, warmup_lr, min_lr = recipe.scaled_lrs(self.total_batch)
+        self.optimizer = build_optimizer(self.model, lr=lr, weight_decay=recipe.weight_decay,
+                                         offset_lr_scale=recipe.offset_lr_scale, betas=recipe.betas, eps=recipe.eps)
+        self._set_transforms()
+        steps_per_epoch = self._plan_epochs()
+        self.total_steps = steps_per_epoch * recipe.epochs
+        self.scheduler = build_scheduler(self.optimizer, total_steps=self.total_steps,
+                                         warmup_steps=round(recipe.warmup_epochs * steps_per_epoch),
+                                         warmup_lr=warmup_lr, min_lr=min_lr)
+        self._prepare()
+        self._start_state()
+
+    def _set_transforms(self) -> None:
+        recipe = self.recipe
+        self.train_set.set_transform(build_train_transform(
+            recipe.res, auto_augment=recipe.auto_augment, color_jitter=recipe.color_jitter, re_prob=recipe.reprob,
+            hflip=recipe.hflip, interpolation=recipe.interpolation, scale=recipe.train_scale,
+            mean=recipe.mean, std=recipe.std))
+        self.val_set.set_transform(eval_transform(recipe))
+
+    def _plan_epochs(self) -> int:
+        """Sets the sampler (none for a stream) and this rank's samples per epoch; returns the
+        optimizer steps per epoch."""
+        recipe, spec, world = self.recipe, self.spec, self.world
+        per_step = recipe.batch_size * recipe.accum
+        if spec.streaming:
+            self.sampler = None
+            self.per_rank = spec.train_size // world // per_step * per_step
+            train_size = spec.train_size
+        else:
+            self.sampler = ResumableDistributedSampler(len(self.train_set), num_replicas=world,
+                                                       rank=self.accelerator.process_index,
+                                                       batch_size=per_step, seed=recipe.seed)
+            self.per_rank = self.sampler.per_rank
+            train_size = len(self.train_set)
+        steps_per_epoch = self.per_rank // per_step
+        if steps_per_epoch == 0:
+            raise ValueError(f"the training split has {train_size} images, fewer than one step of "
+                             f"{recipe.batch_size} x {recipe.accum} x {world}")
+        return steps_per_epoch
+
+    def _prepare(self) -> None:
+        """Hands the model and optimizer to accelerate, then builds what depends on the prepared model."""
+        if self.spec.deepspeed and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            gather_with_owner(self.model)
+        if self.spec.compile:
+            self.model = torch.compile(self.model)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.input_dtype = compute_dtype(self.model)
+        recipe = self.recipe
+        self.ema = FloatEma(self.accelerator.unwrap_model(self.model), recipe.ema_decay) if recipe.ema else None
+        self.mixup, self.criterion = build_loss(recipe, self.num_classes)
+        self.eval_criterion = nn.CrossEntropyLoss(reduction="sum")
+
+    def _start_state(self) -> None:
+        """Resumes (or starts) the training state, then opens the logs, the signal handler and the progress bar."""
+        spec, recipe, accelerator = self.spec, self.recipe, self.accelerator
+        self.state = resume(accelerator, self.run_dir, spec.resume, self.ema) if spec.resume else TrainState()
+        self.state.world_size = self.world
+        self.scheduler.step_update(self.state.step)
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", accelerator.is_main_process)
         if spec.log_with:
-            accelerator.end_training()
-    return last_eval
+            accelerator.init_trackers(self.run_dir.name, config=flat_config(recipe, self.world, self.total_batch))
+        self.stop = StopRequest()
+        self.stop.install()
+        self.progress = TrainProgress(enabled=spec.progress and accelerator.is_main_process,
+                                      total_steps=min(self.total_steps, spec.max_steps or self.total_steps),
+                                      start=self.state.step, epochs=recipe.epochs, completed_epochs=self.state.epoch)
+        self.items = None if spec.streaming else SeededItems(self.train_set, seed=recipe.seed)
+        self.last_eval: dict[str, Any] = {}
+        self.device = accelerator.device
+        self.window = LogWindow()
 
+    def train(self, *, on_eval: EvalCallback | None = None,
+              stop_hint: str = "resume with --resume auto") -> dict[str, Any]:
+        """The epoch loop: train, evaluate when due, save at every epoch's end, and write the final
+        weights; returns the last evaluation. `on_eval` may end training early by returning True."""
+        try:
+            while self.state.epoch < self.recipe.epochs:
+                loader = self.epoch_loader()
+                skipped = self.train_epoch(loader, stop_hint)
+                if skipped is None:  # a signal stopped the run, after saving
+                    return self.last_eval
+                epoch_done, skipped_total = self.close_epoch(skipped)
+                if self.eval_due(epoch_done):
+                    self.last_eval = self.run_eval(skipped_total)
+                    if on_eval is not None and on_eval(self.state.step, self.last_eval):
+                        self.save()
+                        break
+                self.save()
+                if reached_max_steps(self.spec, self.state):
+                    break
+            write_final_weights(self.accelerator, self.model, self.ema, self.run_dir)
+        finally:
+            self.stop.uninstall()
+            self.progress.close()
+            if self.spec.log_with:
+                self.accelerator.end_training()
+        return self.last_eval
 
-def epoch_loader(train_set, items, sampler, recipe: Recipe, spec: RunSpec, state: TrainState, world: int,
-                 rank: int) -> Iterable:
-    """This rank's batches for the rest of the current epoch, from `state.position` on."""
-    # Its own generator: a loader otherwise draws its base seed from the global RNG, which a
-    # resumed run would then consume at another point.
-    generator = torch.Generator().manual_seed(recipe.seed * 1_000_003 + state.epoch)
-    options = dict(batch_size=recipe.batch_size, num_workers=spec.workers, collate_fn=collate_skip_corrupt,
-                   drop_last=True, pin_memory=torch.cuda.is_available(), generator=generator)
-    if sampler is not None:
-        sampler.set_epoch(state.epoch, start_at=state.position)
-        items.set_epoch(state.epoch)
-        return StopSafeLoader(items, sampler=sampler, **options)
-    return _endless_stream(train_set, recipe, spec, state, world, rank, options)
+    def train_epoch(self, loader: Iterable, stop_hint: str) -> int | None:
+        """The rest of the current epoch from `loader`, or up to `max_steps`. Returns the unreadable
+        images this rank skipped, or None when a signal stopped the run (after saving)."""
+        self.model.train()
+        skipped_images = 0
+        self.window.reset()
+        for images, labels, num_skipped in loader:
+            if self.state.position >= self.per_rank:  # a stream runs on past the epoch's end
+                break
+            skipped_images += num_skipped
+            self.state.position += self.recipe.batch_size
+            batch = self.usable_batch(images, labels)
+            if batch is None:
+                continue
+            result = self.train_step(*batch)
+            self.window.record(result)
+            if not self.accelerator.sync_gradients:
+                continue
+            reached_max = self.finish_step(result)
+            if result.stop:
+                self.metrics.write(event="stopped", step=self.state.step, epoch=self.state.epoch, reason="signal")
+                self.accelerator.print(f"stopped by signal at step {self.state.step}; {stop_hint}")
+                return None
+            if reached_max or self.state.position >= self.per_rank:
+                break
+        return skipped_images
 
+    def usable_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The batch to train on, or None when any rank's batch is too small to train on."""
+        if self.mixup is not None and images.shape[0] % 2:  # Mixup pairs samples; a corrupt image left one over
+            images, labels = images[:-1], labels[:-1]
+        # Unreadable images can leave a batch too small to train on (batch norm needs two
+        # samples); every rank then skips this batch together, so collectives stay in step.
+        unusable = self.accelerator.reduce(torch.tensor([float(images.shape[0] < 2)], device=self.device), "sum")
+        if unusable.item() > 0:
+            return None
+        return images, labels
 
-def _endless_stream(train_set, recipe: Recipe, spec: RunSpec, state: TrainState, world: int, rank: int,
-                    options: dict) -> Iterator:
-    """A streamed epoch. Ranks may hold parts of unequal length (whole files per rank), so a part
-    that ends early starts again, reshuffled: every rank then takes the same number of steps."""
-    skip, lap = state.position, 0
-    while True:
-        part = train_set.for_rank(rank, world, seed=recipe.seed, epoch=state.epoch + lap * 1_000_000, skip=skip,
-                                  batch_size=recipe.batch_size)
-        delivered = False
-        for batch in StopSafeLoader(part, **options):
-            delivered = True
-            yield batch
-        if not delivered and skip == 0:
-            raise ValueError(f"rank {rank} received no training images from the stream")
-        skip, lap = 0, lap + 1
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> StepResult:
+        """One micro-batch: forward, then (unless the loss is non-finite on some rank) backward,
+        clipping and the optimizer step, which accelerate defers to the last of `accum`."""
+        accelerator, model = self.accelerator, self.model
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        if self.mixup is not None:
+            images, targets = self.mixup(images, labels)
+        else:
+            targets = labels
+        images = as_model_input(images, self.input_dtype, self.spec.channels_last)
+        with accelerator.accumulate(model):
+            with step_autocast(accelerator):
+                loss = self.criterion(model(images).float(), targets)
+            flags = accelerator.reduce(
+                torch.tensor([float(not torch.isfinite(loss)), float(self.stop.requested)], device=self.device),
+                "sum")
+            nonfinite, stop = (count > 0 for count in flags.tolist())
+            if nonfinite:
+                self.skip_nonfinite()
+            else:
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and self.recipe.clip_grad:
+                    accelerator.clip_grad_norm_(model.parameters(), self.recipe.clip_grad)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss=loss, finite=not nonfinite, stop=stop, images=images.shape[0] * self.world)
+
+    def skip_nonfinite(self) -> None:
+        """Drops a micro-batch whose loss is not finite on some rank; raises NonFiniteLoss once
+        more have been dropped than `skip_nonfinite` allows (at once under DeepSpeed)."""
+        state = self.state
+        state.nonfinite_skipped += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.spec.deepspeed or state.nonfinite_skipped > self.spec.skip_nonfinite:
+            raise NonFiniteLoss(
+                f"non-finite loss at step {state.step} (epoch {state.epoch + 1}); "
+                f"the last good checkpoint is kept in {checkpointing.checkpoint_dir(self.run_dir)}")
+        log.warning("non-finite loss at step %d skipped (%d so far)", state.step, state.nonfinite_skipped)
+
+    def finish_step(self, result: StepResult) -> bool:
+        """After an optimizer step: count it, advance the schedule and the EMA, log, and save on a
+        signal or every `save_every` steps. Returns whether `max_steps` is reached."""
+        state, spec = self.state, self.spec
+        state.step += 1
+        self.scheduler.step_update(state.step)
+        if self.ema is not None:
+            self.ema.update(self.accelerator.unwrap_model(self.model))
+        self.log_step(result.loss)
+        reached_max = reached_max_steps(spec, state)
+        if result.stop or (spec.save_every and state.step % spec.save_every == 0 and not reached_max):
+            self.save()
+        return reached_max
+
+    def log_step(self, loss: torch.Tensor) -> None:
+        """A metrics line (and tracker entry) for the window on the first step and every
+        `log_every` steps; otherwise only the progress bar, with this step's loss."""
+        state = self.state
+        current_lr = self.optimizer.param_groups[0]["lr"]
+        if state.step % self.spec.log_every == 0 or state.step == 1:
+            mean_loss, images_per_s = self.window.summary()
+            record = dict(step=state.step, epoch=state.epoch, loss=mean_loss, lr=current_lr,
+                          images_per_s=images_per_s)
+            self.metrics.write(**record)
+            if self.spec.log_with:
+                self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)
+            self.window.reset()
+            self.progress.update(state, loss=record["loss"], lr=current_lr, images_per_s=record["images_per_s"])
+        else:
+            self.progress.update(state, loss=loss.detach().float().item(), lr=current_lr)
+
+    def close_epoch(self, skipped_images: int) -> tuple[bool, int]:
+        """Adds up the unreadable images of every rank (a collective) and, when the epoch is
+        complete, moves the state to the next one. Returns (epoch complete, images skipped)."""
+        state = self.state
+        skipped_total = int(self.accelerator.reduce(torch.tensor(skipped_images, device=self.device), "sum").item())
+        epoch_done = state.position >= self.per_rank
+        if epoch_done:
+            state.epoch += 1
+            state.position = 0
+        if skipped_total:
+            self.accelerator.print(f"epoch {state.epoch}: skipped {skipped_total} unreadable training images")
+        return epoch_done, skipped_total
+
+    def eval_due(self, epoch_done: bool) -> bool:
+        """Evaluate after every `eval_every_epochs` epochs, after the last, and when `max_steps` is reached."""
+        epoch = self.state.epoch
+        return epoch_done and (epoch % self.recipe.eval_every_epochs == 0 or epoch == self.recipe.epochs) \
+            or reached_max_steps(self.spec, self.state)
+
+    def epoch_loader(self) -> Iterable:
+        """This rank's batches for the rest of the current epoch, from `state.position` on."""
+        recipe, state = self.recipe, self.state
+        # Its own generator: a loader otherwise draws its base seed from the global RNG, which a
+        # resumed run would then consume at another point.
+        generator = torch.Generator().manual_seed(recipe.seed * 1_000_003 + state.epoch)
+        options = dict(batch_size=recipe.batch_size, num_workers=self.spec.workers, collate_fn=collate_skip_corrupt,
+                       drop_last=True, pin_memory=torch.cuda.is_available(), generator=generator)
+        if self.sampler is not None:
+            self.sampler.set_epoch(state.epoch, start_at=state.position)
+            self.items.set_epoch(state.epoch)
+            return StopSafeLoader(self.items, sampler=self.sampler, **options)
+        return self._endless_stream(self.accelerator.process_index, options)
+
+    def _endless_stream(self, rank: int, options: dict) -> Iterator:
+        """A streamed epoch. Ranks may hold parts of unequal length (whole files per rank), so a part
+        that ends early starts again, reshuffled: every rank then takes the same number of steps."""
+        recipe, state = self.recipe, self.state
+        skip, lap = state.position, 0
+        while True:
+            part = self.train_set.for_rank(rank, self.world, seed=recipe.seed, epoch=state.epoch + lap * 1_000_000,
+                                           skip=skip, batch_size=recipe.batch_size)
+            delivered = False
+            for batch in StopSafeLoader(part, **options):
+                delivered = True
+                yield batch
+            if not delivered and skip == 0:
+                raise ValueError(f"rank {rank} received no training images from the stream")
+            skip, lap = 0, lap + 1
+
+    def run_eval(self, skipped_train: int) -> dict:
+        """Evaluates the model (and the EMA) on the validation split, then logs and prints the result."""
+        accelerator, recipe, spec, state = self.accelerator, self.recipe, self.spec, self.state
+        result = evaluate(accelerator, self.model, self.val_set, batch_size=recipe.batch_size, workers=spec.workers,
+                          criterion=self.eval_criterion, channels_last=spec.channels_last)
+        record = dict(step=state.step, epoch=state.epoch, top1=result["top1"], top5=result["top5"],
+                      val_loss=result["loss"], val_images=result["count"], skipped_val=result["skipped"],
+                      skipped_train=skipped_train)
+        if self.ema is not None:
+            ema_result = evaluate(accelerator, self.ema.module, self.val_set, batch_size=recipe.batch_size,
+                                  workers=spec.workers, criterion=self.eval_criterion, channels_last=spec.channels_last)
+            record["ema_top1"] = ema_result["top1"]
+        self.metrics.write(**record)
+        if spec.log_with:
+            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)
+        unreadable = f", {result['skipped']} unreadable skipped" if result["skipped"] else ""
+        accelerator.print(
+            f"epoch {state.epoch} step {state.step}: val top-1 {result['top1']:.2f}% top-5 {result['top5']:.2f}% "
+            f"({result['count']} images{unreadable})")
+        return record
+
+    def save(self) -> Path:
+        """A checkpoint of the training state (and the EMA); every rank must call this."""
+        extra = {}
+        if self.ema is not None:
+            ema = self.ema
+            extra["ema.safetensors"] = lambda path: save_file(_contiguous(ema.module.state_dict()), str(path))
+        try:
+            return checkpointing.save_checkpoint(self.accelerator, self.run_dir, self.state, self.spec.keep, extra)
+        except OSError as exc:
+            checkpointing.remove_partial_checkpoints(self.run_dir)
+            raise CheckpointWriteError(
+                f"cannot write the checkpoint of step {self.state.step} in "
+                f"{checkpointing.checkpoint_dir(self.run_dir)} ({exc.strerror or exc}); "
+                "the previous checkpoints are intact") from None
 
 
 def reached_max_steps(spec: RunSpec, state: TrainState) -> bool:
     return spec.max_steps is not None and state.step >= spec.max_steps
-
-
-def run_eval(accelerator, model, ema, val_set, recipe, spec, criterion, state, skipped_train, metrics) -> dict:
-    result = evaluate(accelerator, model, val_set, batch_size=recipe.batch_size, workers=spec.workers,
-                      criterion=criterion, channels_last=spec.channels_last)
-    record = dict(step=state.step, epoch=state.epoch, top1=result["top1"], top5=result["top5"],
-                  val_loss=result["loss"], val_images=result["count"], skipped_val=result["skipped"],
-                  skipped_train=skipped_train)
-    if ema is not None:
-        ema_result = evaluate(accelerator, ema.module, val_set, batch_size=recipe.batch_size,
-                              workers=spec.workers, criterion=criterion, channels_last=spec.channels_last)
-        record["ema_top1"] = ema_result["top1"]
-    metrics.write(**record)
-    if spec.log_with:
-        accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)
-    accelerator.print(
-        f"epoch {state.epoch} step {state.step}: val top-1 {result['top1']:.2f}% top-5 {result['top5']:.2f}% "
-        f"({result['count']} images{', ' + str(result['skipped']) + ' unreadable skipped' if result['skipped'] else ''})")
-    return record
 
 
 class FloatEma:
@@ -400,19 +544,6 @@ class FloatEma:
                 ema_value.lerp_(value.to(ema_value.dtype), 1.0 - self.decay)
             else:
                 ema_value.copy_(value)
-
-
-def save(accelerator: Accelerator, run_dir: Path, state: TrainState, keep: int, ema) -> Path:
-    extra = {}
-    if ema is not None:
-        extra["ema.safetensors"] = lambda path: save_file(_contiguous(ema.module.state_dict()), str(path))
-    try:
-        return checkpointing.save_checkpoint(accelerator, run_dir, state, keep, extra)
-    except OSError as exc:
-        checkpointing.remove_partial_checkpoints(run_dir)
-        raise CheckpointWriteError(
-            f"cannot write the checkpoint of step {state.step} in {checkpointing.checkpoint_dir(run_dir)} "
-            f"({exc.strerror or exc}); the previous checkpoints are intact") from None
 
 
 def resume(accelerator: Accelerator, run_dir: Path, resume_from: str, ema) -> TrainState:
