@@ -29,26 +29,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from litv2cli.data.arrow import (
-    PARQUET_SEARCH_DEPTH, parquet_data_files, parquet_files, parquet_rows, parquet_split_of, read_parquet, read_saved,
-)
-from litv2cli.data.columns import IMAGE_NAMES, LABEL_NAMES, TableLabels, check_image_column, detect_columns
+from litv2cli.data.arrow import parquet_files, read_parquet, read_saved
+from litv2cli.data.columns import TableLabels, check_image_column, detect_columns
 from litv2cli.data.hub import looks_like_hub_id, read_hub, short_reason
-from litv2cli.data.imagefolder import (
-    IMAGE_EXTENSIONS, describe_folder, has_class_folders, list_folder_split, open_folder,
-)
+from litv2cli.data.imagefolder import describe_folder, has_class_folders, open_folder
 from litv2cli.data.source_info import SourceInfo
-from litv2cli.data.split_names import SPLIT_NAMES, VAL_NAMES, split_name, train_split_name, val_split_name
+from litv2cli.data.split_names import VAL_NAMES, split_name, train_split_name, val_split_name
 from litv2cli.data.splits import ImageSplit, TableSplit
 from litv2cli.errors import UserError
-
-# Everything about sources stays importable from here, though most of it is defined in the modules above.
-__all__ = [
-    "IMAGE_EXTENSIONS", "IMAGE_NAMES", "LABEL_NAMES", "PARQUET_SEARCH_DEPTH", "SPLIT_NAMES", "VAL_NAMES", "SourceInfo",
-    "TableLabels", "check_image_column", "describe_source", "detect_columns", "list_folder_split", "load_tables",
-    "open_split", "parquet_data_files", "parquet_rows", "parquet_split_of", "short_reason", "source_kind",
-    "split_name", "val_split_name",
-]
 
 
 # Which kind of source ----------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from litv2cli.train.progress import TrainProgress
 from litv2cli.train.spec import MetricsLog, RunSpec
 from litv2cli.data.sampler import ResumableDistributedSampler
 from litv2cli.data.seeding import SeededItems
+from litv2cli.defaults import epoch_seed
 from litv2cli.weights.reading import check_deepspeed_shards, initialise_from
 
 log = logging.getLogger(__name__)
@@ -459,7 +460,7 @@ class Trainer:
         recipe, state = self.recipe, self.state
         # Its own generator: a loader otherwise draws its base seed from the global RNG, which a
         # resumed run would then consume at another point.
-        generator = torch.Generator().manual_seed(recipe.seed * 1_000_003 + state.epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(recipe.seed, state.epoch))
         options = dict(batch_size=recipe.batch_size, num_workers=self.spec.workers, collate_fn=collate_skip_corrupt,
                        drop_last=True, pin_memory=torch.cuda.is_available(), generator=generator)
         if self.sampler is not None:

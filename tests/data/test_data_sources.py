@@ -10,7 +10,8 @@ import pytest
 
 from tests.helpers.data_fixtures import make_arrow_dataset, make_image_folder
 from litv2cli.data import describe_source, open_split
-from litv2cli.data.sources import parquet_split_of, source_kind
+from litv2cli.data.arrow import parquet_split_of
+from litv2cli.data.sources import source_kind
 from litv2cli.errors import UserError
 
 
